@@ -1,0 +1,10 @@
+// The ordered list of migrations, imported statically so they run the same under tsx, tap and a
+// bundled build (knex's directory scan would need a TypeScript-aware loader at run time).
+import type { Knex } from 'knex'
+import * as groups from './20261203000001_groups.js'
+import * as devices from './20261203000002_devices.js'
+
+export const migrations: ReadonlyArray<readonly [string, Knex.Migration]> = [
+  ['20261203000001_groups', groups],
+  ['20261203000002_devices', devices]
+]

@@ -1,0 +1,110 @@
+// Checks device certificates against the Fleet CA with node:crypto. Parsing a certificate and
+// verifying its chain is the expensive part of a connect, so the verdict for a given set of DER
+// bytes is cached (keyed by SHA-256); validity dates are still compared with the clock each time.
+import { X509Certificate, createHash, verify as verifySignature, type KeyObject } from 'node:crypto'
+
+export type CertificateCheck =
+  | { ok: true, certificate: ParsedCertificate }
+  | { ok: false, detail: string }
+
+export interface ParsedCertificate {
+  commonName: string | undefined
+  publicKey: KeyObject
+  /** SHA-256 of the leaf's DER, lowercase hex. */
+  fingerprint: string
+  notBefore: Date
+  notAfter: Date
+  /** Why the chain does not lead to the Fleet CA; undefined when every link verified. */
+  chainError: string | undefined
+}
+
+export interface FleetTrust {
+  /** Parses the leaf and its intermediates and verifies every link (signature and dates) up to the Fleet CA. */
+  checkCertificate (leafDer: Buffer, chainDer: readonly Buffer[]): CertificateCheck
+  /** ECDSA/SHA-256 over `message`; DER or raw 64-byte r||s signatures. */
+  verifySignature (certificate: ParsedCertificate, message: Buffer, signature: Buffer): boolean
+  readonly caCertificate: X509Certificate
+}
+
+export function commonNameOf (certificate: X509Certificate): string | undefined {
+  // node prints the subject as "key=value" lines; a CN appearing twice is ambiguous and refused
+  const names = certificate.subject.split('\n').filter(line => line.startsWith('CN=')).map(line => line.slice(3))
+  return names.length === 1 ? names[0] : undefined
+}
+
+function isIssuedBy (child: X509Certificate, issuer: X509Certificate): boolean {
+  return child.checkIssued(issuer) && child.verify(issuer.publicKey)
+}
+
+export function createFleetTrust (caPem: string, options: { cacheSize?: number } = {}): FleetTrust {
+  const ca = new X509Certificate(caPem)
+  if (!ca.ca) throw new Error('the Fleet CA certificate is not a CA certificate (basicConstraints CA:TRUE missing)')
+  const cacheSize = options.cacheSize ?? 100_000
+  const cache = new Map<string, CertificateCheck>()
+
+  function remember (key: string, check: CertificateCheck): CertificateCheck {
+    if (cache.size >= cacheSize) cache.delete(cache.keys().next().value as string)
+    cache.set(key, check)
+    return check
+  }
+
+  function verifyUncached (leafDer: Buffer, chainDer: readonly Buffer[]): CertificateCheck {
+    let leaf: X509Certificate
+    let intermediates: X509Certificate[]
+    try {
+      leaf = new X509Certificate(leafDer)
+      intermediates = chainDer.map(der => new X509Certificate(der))
+    } catch (error) {
+      return { ok: false, detail: `does not parse as X.509: ${(error as Error).message}` }
+    }
+    if (leaf.publicKey.asymmetricKeyType !== 'ec') {
+      return { ok: false, detail: 'the certificate key is not an EC key' }
+    }
+    return {
+      ok: true,
+      certificate: {
+        commonName: commonNameOf(leaf),
+        publicKey: leaf.publicKey,
+        fingerprint: createHash('sha256').update(leafDer).digest('hex'),
+        notBefore: new Date(leaf.validFrom),
+        notAfter: new Date(leaf.validTo),
+        chainError: chainError([leaf, ...intermediates])
+      }
+    }
+  }
+
+  function chainError (links: readonly X509Certificate[]): string | undefined {
+    const now = Date.now()
+    for (let i = 0; i < links.length; i++) {
+      const child = links[i]!
+      const parent = links[i + 1] ?? ca
+      const parentName = i + 1 < links.length ? `chain[${i}]` : 'the Fleet CA'
+      if (!parent.ca) return `${parentName} is not a CA certificate`
+      if (!isIssuedBy(child, parent)) return `${i === 0 ? 'the certificate' : `chain[${i - 1}]`} is not signed by ${parentName}`
+      if (i + 1 < links.length && (now < Date.parse(parent.validFrom) || now > Date.parse(parent.validTo))) {
+        return `${parentName} is outside its validity period`
+      }
+    }
+    return undefined
+  }
+
+  return {
+    caCertificate: ca,
+    checkCertificate (leafDer, chainDer) {
+      const hash = createHash('sha256').update(leafDer)
+      for (const der of chainDer) hash.update(der)
+      const key = hash.digest('base64')
+      const cached = cache.get(key)
+      if (cached !== undefined) return cached
+      return remember(key, verifyUncached(leafDer, chainDer))
+    },
+    verifySignature (certificate, message, signature) {
+      const dsaEncoding = signature.length === 64 ? 'ieee-p1363' : 'der'
+      try {
+        return verifySignature('sha256', message, { key: certificate.publicKey, dsaEncoding }, signature)
+      } catch {
+        return false // malformed DER signature
+      }
+    }
+  }
+}

@@ -1,0 +1,72 @@
+// `shepherd` command line (contract §5): dispatches to one module per command group. Exit 0 on
+// success, 1 on a failure the message explains, 2 on bad usage (with the help text).
+import { parseArgs, type ParseArgsConfig } from 'node:util'
+import { CommandError, ConfigError, StartupError, UsageError } from '../errors.js'
+import { genCa, genDeviceCert } from './certs.js'
+import { migrate } from './migrate.js'
+import { revoke } from './revoke.js'
+import { simulate } from './simulate.js'
+import { start } from './start.js'
+
+export const HELP = `Usage: shepherd <command> [options]
+
+Commands:
+  start                                   migrate the database, then serve REST + MQTT until SIGINT/SIGTERM
+  migrate                                 run pending database migrations
+  gen-ca [--dir priv/ca] [--force]        create the Fleet CA (never overwrites without --force)
+  gen-device-cert --serial S [--ca-dir priv/ca] [--dir priv/devices] [--days 1825]
+                                          create a device key and certificate signed by the Fleet CA
+  revoke SERIAL                           revoke a device (a connected device is disconnected at once)
+  simulate --devices N [--url ws://localhost:4000/mqtt] [--ca-dir priv/ca] [--duration SECONDS]
+                                          run N simulated devices (certificates made on the fly)
+
+Settings come from the environment (DATABASE_URL, DATA_DIR, PORT, MQTT_PORT, ...; see README).`
+
+export interface Output { out (line: string): void, err (line: string): void }
+
+type Options = NonNullable<ParseArgsConfig['options']>
+
+export interface ParsedCommand<V> { values: V, positionals: string[] }
+
+/** parseArgs with the errors turned into UsageError. */
+export function parseCommand<O extends Options> (args: string[], options: O, positionals = 0): ParsedCommand<ReturnType<typeof parseArgs<{ options: O, args: string[], allowPositionals: true, strict: true }>>['values']> {
+  try {
+    const parsed = parseArgs({ args, options, allowPositionals: true, strict: true })
+    if (parsed.positionals.length !== positionals) {
+      throw new UsageError(positionals === 0 ? `unexpected argument ${parsed.positionals[0]}` : `expected ${positionals} argument(s)`)
+    }
+    return { values: parsed.values, positionals: parsed.positionals }
+  } catch (error) {
+    if (error instanceof UsageError) throw error
+    throw new UsageError((error as Error).message)
+  }
+}
+
+const COMMANDS: Record<string, (args: string[], output: Output) => Promise<void>> = {
+  start, migrate, 'gen-ca': genCa, 'gen-device-cert': genDeviceCert, revoke, simulate
+}
+
+export async function runCli (argv: string[], output: Output = { out: line => { process.stdout.write(line + '\n') }, err: line => { process.stderr.write(line + '\n') } }): Promise<number> {
+  const [name, ...args] = argv
+  if (name === undefined || name === 'help' || name === '--help' || name === '-h') {
+    output.out(HELP)
+    return name === undefined ? 2 : 0
+  }
+  const command = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined
+  try {
+    if (command === undefined) throw new UsageError(`unknown command ${JSON.stringify(name)}`)
+    await command(args, output)
+    return 0
+  } catch (error) {
+    if (error instanceof UsageError) {
+      output.err(`shepherd ${name}: ${error.message}\n\n${HELP}`)
+      return 2
+    }
+    if (error instanceof CommandError || error instanceof ConfigError || error instanceof StartupError) {
+      output.err(`shepherd ${name}: ${error.message}`)
+      return 1
+    }
+    output.err(`shepherd ${name}: ${(error as Error).stack ?? String(error)}`)
+    return 1
+  }
+}

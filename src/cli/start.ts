@@ -1,0 +1,25 @@
+// `shepherd start`: serve until SIGINT/SIGTERM, then shut down cleanly (exit 0).
+import closeWithGrace from 'close-with-grace'
+import { loadConfig } from '../config.js'
+import { createServer } from '../server.js'
+import { parseCommand, type Output } from './main.js'
+
+export async function start (args: string[], _output: Output): Promise<void> {
+  parseCommand(args, {})
+  const config = loadConfig()
+  const server = await createServer(config)
+  try {
+    await server.listen()
+  } catch (error) {
+    await server.close()
+    throw error
+  }
+  await new Promise<void>((resolve) => {
+    closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
+      if (err !== undefined) server.logger.error({ err }, 'shutting down after an error')
+      else server.logger.info({ signal }, 'shutting down')
+      await server.close()
+      resolve()
+    })
+  })
+}

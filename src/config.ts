@@ -1,0 +1,102 @@
+// The one place that reads the environment: contract §6 settings, parsed and validated once
+// into a frozen, typed Config. Every problem is reported together, each with its variable name.
+// Nothing else in the code base may read process.env.
+import { hostname } from 'node:os'
+import path from 'node:path'
+import { ConfigError } from './errors.js'
+
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'
+
+export interface Config {
+  readonly production: boolean
+  readonly dataDir: string
+  readonly databaseUrl: string | undefined
+  readonly redisUrl: string | undefined
+  /** PEM of the Fleet CA when given inline (FLEET_CA_PEM). */
+  readonly fleetCaPem: string | undefined
+  readonly fleetCaPath: string
+  /** True when neither FLEET_CA_PEM nor FLEET_CA_PATH was set: a development CA may be created. */
+  readonly fleetCaDefaulted: boolean
+  readonly host: string
+  readonly port: number
+  /** 0 turns the plain MQTT/TCP listener off. */
+  readonly mqttPort: number
+  readonly timestampToleranceSeconds: number
+  readonly tlsCertPath: string | undefined
+  readonly tlsKeyPath: string | undefined
+  readonly logLevel: LogLevel
+  readonly nodeName: string
+  /** Largest MQTT packet accepted from a device once authenticated (bytes). */
+  readonly mqttMaxPacketBytes: number
+}
+
+const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']
+
+type Env = Readonly<Record<string, string | undefined>>
+
+export function loadConfig (env: Env = process.env, overrides: Partial<Config> = {}): Config {
+  const problems: string[] = []
+  const read = (name: string): string | undefined => {
+    const value = env[name]
+    return value === undefined || value.trim() === '' ? undefined : value.trim()
+  }
+  const integer = (name: string, fallback: number, min: number, max: number): number => {
+    const raw = read(name)
+    if (raw === undefined) return fallback
+    const value = Number(raw)
+    if (!/^\d+$/.test(raw) || !Number.isSafeInteger(value) || value < min || value > max) {
+      problems.push(`${name} must be an integer from ${min} to ${max} (got ${JSON.stringify(raw)})`)
+      return fallback
+    }
+    return value
+  }
+  const url = (name: string, protocols: readonly string[]): string | undefined => {
+    const raw = read(name)
+    if (raw === undefined) return undefined
+    try {
+      const parsed = new URL(raw)
+      if (!protocols.includes(parsed.protocol)) {
+        problems.push(`${name} must be a ${protocols.join(' or ')} URL (got ${parsed.protocol})`)
+      }
+    } catch {
+      problems.push(`${name} is not a valid URL`)
+    }
+    return raw
+  }
+
+  const logLevel = (read('LOG_LEVEL') ?? 'info') as LogLevel
+  if (!LOG_LEVELS.includes(logLevel)) {
+    problems.push(`LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')} (got ${JSON.stringify(logLevel)})`)
+  }
+  const tlsCertPath = read('TLS_CERT')
+  const tlsKeyPath = read('TLS_KEY')
+  if ((tlsCertPath === undefined) !== (tlsKeyPath === undefined)) {
+    problems.push('TLS_CERT and TLS_KEY must be set together (one of them is missing)')
+  }
+  const fleetCaPem = read('FLEET_CA_PEM')
+  if (fleetCaPem !== undefined && !fleetCaPem.includes('-----BEGIN CERTIFICATE-----')) {
+    problems.push('FLEET_CA_PEM must hold a PEM certificate (-----BEGIN CERTIFICATE-----)')
+  }
+
+  const config: Config = {
+    production: read('NODE_ENV') === 'production',
+    dataDir: path.resolve(read('DATA_DIR') ?? './data'),
+    databaseUrl: url('DATABASE_URL', ['postgres:', 'postgresql:']),
+    redisUrl: url('REDIS_URL', ['redis:', 'rediss:']),
+    fleetCaPem,
+    fleetCaPath: path.resolve(read('FLEET_CA_PATH') ?? 'priv/ca/fleet_ca.pem'),
+    fleetCaDefaulted: fleetCaPem === undefined && read('FLEET_CA_PATH') === undefined,
+    host: read('HOST') ?? '0.0.0.0',
+    port: integer('PORT', 4000, 0, 65535),
+    mqttPort: integer('MQTT_PORT', 1883, 0, 65535),
+    timestampToleranceSeconds: integer('TIMESTAMP_TOLERANCE', 60, 1, 86400),
+    tlsCertPath: tlsCertPath && path.resolve(tlsCertPath),
+    tlsKeyPath: tlsKeyPath && path.resolve(tlsKeyPath),
+    logLevel,
+    nodeName: read('NODE_NAME') ?? hostname(),
+    mqttMaxPacketBytes: integer('MQTT_MAX_PACKET_SIZE', 256 * 1024, 1024, 16 * 1024 * 1024),
+    ...overrides
+  }
+  if (problems.length > 0) throw new ConfigError(problems)
+  return Object.freeze(config)
+}

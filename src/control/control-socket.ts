@@ -1,0 +1,73 @@
+// A local control channel for the CLI while the server runs on the embedded database (PGlite
+// admits one process only): a Unix socket in $DATA_DIR, guarded by file permissions (0600),
+// carrying JSON requests for named operations. With DATABASE_URL the CLI uses PostgreSQL directly.
+import http from 'node:http'
+import { chmod, rm } from 'node:fs/promises'
+import path from 'node:path'
+import { StartupError } from '../errors.js'
+
+export type ControlOperations = Record<string, (input: Record<string, unknown>) => Promise<unknown>>
+
+export function controlSocketPath (dataDir: string): string {
+  return path.join(dataDir, 'control.sock')
+}
+
+export class ControlUnavailable extends Error {}
+
+/** Sends one operation to a running server; throws ControlUnavailable when none listens. */
+export async function callControl (dataDir: string, operation: string, input: Record<string, unknown>): Promise<unknown> {
+  const body = JSON.stringify(input)
+  return await new Promise((resolve, reject) => {
+    const request = http.request({ socketPath: controlSocketPath(dataDir), method: 'POST', path: `/${operation}`, headers: { 'content-type': 'application/json' } }, (response) => {
+      const chunks: Buffer[] = []
+      response.on('data', (chunk: Buffer) => chunks.push(chunk))
+      response.on('end', () => {
+        const answer = JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}') as { result?: unknown, error?: string }
+        if (response.statusCode === 200) resolve(answer.result)
+        else reject(new Error(answer.error ?? `control request failed with status ${response.statusCode}`))
+      })
+    })
+    request.on('error', (error: NodeJS.ErrnoException) => {
+      reject(error.code === 'ENOENT' || error.code === 'ECONNREFUSED' ? new ControlUnavailable('no running server') : error)
+    })
+    request.end(body)
+  })
+}
+
+export async function startControlSocket (dataDir: string, operations: ControlOperations): Promise<{ close (): Promise<void> }> {
+  const socketPath = controlSocketPath(dataDir)
+  try {
+    await callControl(dataDir, 'ping', {})
+    throw new StartupError(`another Shepherd server is running on DATA_DIR=${dataDir} (its embedded database admits one process); stop it or set DATA_DIR to another directory`)
+  } catch (error) {
+    if (!(error instanceof ControlUnavailable)) throw error
+  }
+  await rm(socketPath, { force: true }) // left behind by a process that died
+  const all: ControlOperations = { ping: async () => 'pong', ...operations }
+  const server = http.createServer((request, response) => {
+    const chunks: Buffer[] = []
+    request.on('data', (chunk: Buffer) => chunks.push(chunk))
+    request.on('end', () => {
+      const reply = (status: number, payload: unknown): void => {
+        response.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(payload))
+      }
+      const operation = Object.hasOwn(all, request.url?.slice(1) ?? '') ? all[request.url!.slice(1)] : undefined
+      if (operation === undefined) return reply(404, { error: `unknown operation ${request.url}` })
+      let input: Record<string, unknown>
+      try {
+        input = JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}') as Record<string, unknown>
+      } catch {
+        return reply(400, { error: 'request body is not JSON' })
+      }
+      operation(input).then(result => reply(200, { result }), (error: Error) => reply(500, { error: error.message }))
+    })
+  })
+  await new Promise<void>((resolve, reject) => { server.once('error', reject); server.listen(socketPath, resolve) })
+  await chmod(socketPath, 0o600)
+  return {
+    async close () {
+      await new Promise<void>(resolve => server.close(() => resolve()))
+      await rm(socketPath, { force: true })
+    }
+  }
+}

@@ -1,0 +1,149 @@
+// A reference device: connects with a signed credential (contract §2), sets the recommended will,
+// reports info and metrics, and answers commands. Used by `shepherd simulate`, tests and
+// benchmarks, and meant to be read by people writing device firmware.
+import { createPrivateKey, sign, type KeyObject } from 'node:crypto'
+import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
+import { deviceTopic } from '../topics.js'
+
+export interface DeviceIdentity {
+  serial: string
+  /** The device certificate, DER. */
+  certDer: Buffer
+  /** PEM (PKCS#8 or SEC1) or a KeyObject. */
+  privateKey: string | KeyObject
+  /** Intermediate CA certificates (DER), leaf-nearest first. */
+  chain?: Buffer[]
+}
+
+export interface CredentialOptions {
+  /** Unix seconds; defaults to now. */
+  timestamp?: number | string
+  /** `der` (OpenSSL, Erlang) or `p1363` (raw r||s, WebCrypto, secure elements). */
+  signatureFormat?: 'der' | 'p1363'
+}
+
+/** The CONNECT password of contract §2: timestamp, signature of "serial:timestamp", cert, chain. */
+export function devicePassword (identity: DeviceIdentity, options: CredentialOptions = {}): string {
+  const timestamp = options.timestamp ?? Math.floor(Date.now() / 1000)
+  const key = typeof identity.privateKey === 'string' ? createPrivateKey(identity.privateKey) : identity.privateKey
+  const signature = sign('sha256', Buffer.from(`${identity.serial}:${timestamp}`), {
+    key, dsaEncoding: options.signatureFormat === 'p1363' ? 'ieee-p1363' : 'der'
+  })
+  return JSON.stringify({
+    timestamp,
+    signature: signature.toString('base64'),
+    cert: identity.certDer.toString('base64'),
+    ...(identity.chain === undefined ? {} : { chain: identity.chain.map(der => der.toString('base64')) })
+  })
+}
+
+export interface DeviceClientOptions extends CredentialOptions {
+  /** ws://host:4000/mqtt, wss://…, mqtt://host:1883 or mqtts://… */
+  url: string
+  identity: DeviceIdentity
+  /** Reconnect automatically (with a freshly signed credential) after this many ms; 0 = never. */
+  reconnectPeriodMs?: number
+  keepaliveSeconds?: number
+  connectTimeoutMs?: number
+  /** Firmware info published (retained) on connect. */
+  info?: Record<string, unknown>
+  /** Answer commands (ping, identify, reboot). Default true. */
+  answerCommands?: boolean
+  /** Extra mqtt.js options (tests: TLS trust, for example). */
+  mqttOptions?: Partial<IClientOptions>
+  /** Pause between a reboot command's reply and the reconnect. */
+  rebootDelayMs?: number
+}
+
+export interface CommandMessage { id: string, command: string, payload?: Record<string, unknown> }
+
+export interface DeviceClient {
+  readonly serial: string
+  readonly mqtt: MqttClient
+  publishInfo (info: Record<string, unknown>): Promise<void>
+  publishMetrics (points: Array<{ name: string, value: number, unit?: string, recorded_at?: number | string }>, qos?: 0 | 1): Promise<void>
+  close (): Promise<void>
+}
+
+/** The recommended will (contract §2); the server publishes its own status, with the reason. */
+export function deviceWill (serial: string): NonNullable<IClientOptions['will']> {
+  return { topic: deviceTopic(serial, 'status'), payload: Buffer.from(JSON.stringify({ status: 'offline', reason: 'lost' })), qos: 1, retain: true }
+}
+
+/** Connects a device; resolves once the CONNACK accepted it, rejects with the refusal otherwise. */
+export async function connectDevice (options: DeviceClientOptions): Promise<DeviceClient> {
+  const { identity } = options
+  const serial = identity.serial
+  const client = mqtt.connect(options.url, {
+    clientId: serial,
+    username: serial,
+    password: devicePassword(identity, options),
+    protocolVersion: 4,
+    clean: true,
+    keepalive: options.keepaliveSeconds ?? 30,
+    reconnectPeriod: options.reconnectPeriodMs ?? 0,
+    connectTimeout: options.connectTimeoutMs ?? 10_000,
+    will: deviceWill(serial),
+    ...options.mqttOptions
+  })
+  // every (re)connect signs a new timestamp: the server refuses a replayed (serial, timestamp)
+  const refreshCredential = (): void => { client.options.password = devicePassword(identity, { signatureFormat: options.signatureFormat }) }
+  client.on('reconnect', refreshCredential)
+
+  const publish = async (topic: string, payload: string, qos: 0 | 1, retain: boolean): Promise<void> => {
+    await client.publishAsync(topic, payload, { qos, retain })
+  }
+  const device: DeviceClient = {
+    serial,
+    mqtt: client,
+    publishInfo: (info) => publish(deviceTopic(serial, 'info'), JSON.stringify(info), 1, true),
+    publishMetrics: (points, qos = 1) => publish(deviceTopic(serial, 'metrics'), JSON.stringify({
+      metrics: points.map(point => ({ recorded_at: Math.floor(Date.now() / 1000), ...point }))
+    }), qos, false),
+    close: async () => { await client.endAsync() }
+  }
+
+  if (options.answerCommands !== false) {
+    client.on('connect', () => {
+      client.subscribe([deviceTopic(serial, 'commands'), deviceTopic(serial, 'firmware'), deviceTopic(serial, 'errors')], { qos: 1 })
+      if (options.info !== undefined) void device.publishInfo(options.info).catch(() => {})
+    })
+    client.on('message', (topic, payload) => {
+      if (topic !== deviceTopic(serial, 'commands')) return
+      let command: CommandMessage
+      try {
+        command = JSON.parse(payload.toString('utf8')) as CommandMessage
+      } catch { return }
+      answerCommand(client, serial, command, () => {
+        // simulate a reboot: drop the connection, come back after a pause with a new credential
+        client.end(true, {}, () => { setTimeout(() => { refreshCredential(); client.reconnect() }, options.rebootDelayMs ?? 1000).unref() })
+      })
+    })
+  }
+
+  await new Promise<void>((resolve, reject) => {
+    const onConnect = (): void => { client.off('error', onError); resolve() }
+    const onError = (error: Error): void => { client.off('connect', onConnect); client.end(true); reject(error) }
+    client.once('connect', onConnect)
+    client.once('error', onError)
+  })
+  return device
+}
+
+function answerCommand (client: MqttClient, serial: string, command: CommandMessage, reboot: () => void): void {
+  const reply = (body: Record<string, unknown>): Promise<unknown> =>
+    client.publishAsync(deviceTopic(serial, 'replies'), JSON.stringify({ id: command.id, ...body }), { qos: 1 })
+  switch (command.command) {
+    case 'ping':
+      void reply({ status: 'ok', result: { echo: command.payload?.echo ?? null } }).catch(() => {})
+      break
+    case 'identify':
+      void reply({ status: 'ok', result: { identified: true } }).catch(() => {})
+      break
+    case 'reboot':
+      void reply({ status: 'ok', result: { rebooting: true } }).then(reboot, () => {})
+      break
+    default:
+      void reply({ status: 'error', error: `unsupported command ${JSON.stringify(command.command)}` }).catch(() => {})
+  }
+}

@@ -1,0 +1,65 @@
+// The device registry's rules: just-in-time registration on first accepted connect, the `info`
+// topic (firmware fields + metadata), and revocation (stored, then announced so every node kicks
+// the device). Knows nothing of MQTT or HTTP.
+import type { DeviceAdmission } from '../auth/device-authenticator.js'
+import type { Logger } from '../logger.js'
+import type { DeviceRepository, FirmwareInfo } from './types.js'
+
+/** Tells every Shepherd node (this one included) that a device was revoked. */
+export interface RevocationAnnouncer {
+  announceRevoked (serial: string): Promise<void>
+}
+
+export type InfoResult = { ok: true } | { ok: false, reason: string }
+
+const FIRMWARE_KEYS = ['firmware_version', 'firmware_target', 'firmware_uuid'] as const
+const MAX_INFO_VALUE_LENGTH = 256
+
+export function createDeviceRegistry (deps: { repo: DeviceRepository, announcer: RevocationAnnouncer, logger: Logger }) {
+  const { repo, announcer, logger } = deps
+
+  const admission: DeviceAdmission = {
+    async admit (serial, certificate) {
+      const { revoked, created } = await repo.registerCertificate(serial, certificate.fingerprint, certificate.notAfter)
+      if (created) logger.info({ serial, fingerprint: certificate.fingerprint }, 'device registered (first connect)')
+      return { revoked }
+    }
+  }
+
+  /** Applies an `info` payload: firmware fields go to their columns, other keys merge into metadata. */
+  async function recordInfo (serial: string, payload: Buffer): Promise<InfoResult> {
+    let info: unknown
+    try {
+      info = JSON.parse(payload.toString('utf8'))
+    } catch {
+      return { ok: false, reason: 'payload is not valid JSON' }
+    }
+    if (typeof info !== 'object' || info === null || Array.isArray(info)) return { ok: false, reason: 'payload must be a JSON object' }
+    const firmware: FirmwareInfo = {}
+    const metadata: Record<string, unknown> = {}
+    for (const [key, value] of Object.entries(info)) {
+      if ((FIRMWARE_KEYS as readonly string[]).includes(key)) {
+        if (typeof value !== 'string' || value.length > MAX_INFO_VALUE_LENGTH) {
+          return { ok: false, reason: `${key} must be a string of at most ${MAX_INFO_VALUE_LENGTH} characters` }
+        }
+        firmware[key as keyof FirmwareInfo] = value
+      } else {
+        metadata[key] = value
+      }
+    }
+    await repo.recordInfo(serial, firmware, metadata)
+    return { ok: true }
+  }
+
+  /** Revokes (or restores) a device; a revocation is announced so that every node kicks it. */
+  async function setRevoked (serial: string, revoked: boolean): Promise<{ found: boolean }> {
+    const found = await repo.setRevoked(serial, revoked)
+    if (found && revoked) await announcer.announceRevoked(serial)
+    if (found) logger.info({ serial }, revoked ? 'device revoked' : 'device restored')
+    return { found }
+  }
+
+  return { admission, recordInfo, setRevoked, find: repo.find, countOnline: repo.countOnline }
+}
+
+export type DeviceRegistry = ReturnType<typeof createDeviceRegistry>

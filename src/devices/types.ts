@@ -1,0 +1,50 @@
+// Plain device records and the repository port the device and presence domains depend on.
+// Implemented by storage/repos/devices-repo.ts; the domain never sees knex.
+
+export type DeviceStatus = 'online' | 'offline'
+export type DisconnectReason = 'clean' | 'lost' | 'revoked' | 'taken_over' | 'server_shutdown'
+
+export interface Device {
+  id: number
+  serial: string
+  nickname: string | null
+  status: DeviceStatus
+  firmware_version: string | null
+  firmware_target: string | null
+  firmware_uuid: string | null
+  metadata: Record<string, unknown>
+  cert_fingerprint: string | null
+  cert_not_after: Date | null
+  revoked: boolean
+  last_seen_at: Date | null
+  group_id: number | null
+  connected_at: Date | null
+  disconnected_at: Date | null
+  disconnect_reason: DisconnectReason | null
+  node_id: string | null
+  connection_id: string | null
+  inserted_at: Date
+  updated_at: Date
+}
+
+export interface FirmwareInfo {
+  firmware_version?: string
+  firmware_target?: string
+  firmware_uuid?: string
+}
+
+export interface DeviceRepository {
+  find (serial: string): Promise<Device | undefined>
+  /** Inserts the device unless it exists; updates the certificate fields when they changed. Answers revoked. */
+  registerCertificate (serial: string, fingerprint: string, notAfter: Date): Promise<{ revoked: boolean, created: boolean }>
+  setRevoked (serial: string, revoked: boolean): Promise<boolean>
+  recordInfo (serial: string, firmware: FirmwareInfo, metadata: Record<string, unknown>): Promise<void>
+  markOnline (serial: string, session: { nodeId: string, connectionId: string, at: Date }): Promise<void>
+  /** Marks offline only if `connectionId` still holds the device; answers whether it did. */
+  markOffline (serial: string, connectionId: string, reason: DisconnectReason, at: Date): Promise<boolean>
+  /** Marks offline every device held by a node not in `liveNodeIds`; answers their serials. */
+  sweepOffline (liveNodeIds: readonly string[], reason: DisconnectReason, at: Date): Promise<string[]>
+  /** Marks offline every device held by `nodeId`; answers their serials. */
+  markNodeOffline (nodeId: string, reason: DisconnectReason, at: Date): Promise<string[]>
+  countOnline (): Promise<number>
+}

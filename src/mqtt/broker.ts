@@ -1,0 +1,100 @@
+// The embedded Aedes broker: persistence and pub/sub in process (with an exact-topic retained
+// index), or in Redis (aedes-persistence-redis + mqemitter-redis) so that several Shepherd nodes
+// act as one broker. Offers a promise `publish` port and `handleConnection` for the listeners.
+import type { Duplex } from 'node:stream'
+import type { IncomingMessage } from 'node:http'
+import { Aedes, type AedesOptions, type Client } from 'aedes'
+import memoryPersistence from 'aedes-persistence'
+import redisPersistence from 'aedes-persistence-redis'
+import mqemitter from 'mqemitter'
+import mqemitterRedis from 'mqemitter-redis'
+import { Redis } from 'ioredis'
+import type { Publish } from '../ports.js'
+import { withRetainedIndex, type RetainedPersistence } from './retained-index.js'
+import { limitPacketSize, type PacketLimits } from './packet-limit.js'
+
+export interface BrokerSettings {
+  /** This node's id: Aedes's broker id, also stored as the node holding a device's connection. */
+  id: string
+  redisUrl: string | undefined
+  packetLimits: PacketLimits
+  /** How often nodes announce themselves; a node silent for 3 intervals is considered gone. */
+  heartbeatIntervalMs?: number
+}
+
+/** Hooks and handlers installed before the broker starts listening. */
+export type BrokerHooks = Pick<AedesOptions, 'preConnect' | 'authenticate' | 'authorizePublish' | 'authorizeSubscribe' | 'authorizeForward'>
+
+/** mqemitter's subscription API, which Aedes uses for its internal `$SYS/<id>/…` messages. */
+export interface MessageBus {
+  on (topic: string, handler: (packet: { topic: string, payload?: unknown }, done: () => void) => void, done?: () => void): unknown
+}
+
+export interface Broker {
+  readonly aedes: Aedes
+  readonly id: string
+  readonly bus: MessageBus
+  readonly heartbeatIntervalMs: number
+  publish: Publish
+  handleConnection (stream: Duplex, request?: IncomingMessage): Client
+  /** Broker ids of other nodes heard from within three heartbeats. */
+  liveNodeIds (): string[]
+  close (): Promise<void>
+}
+
+export async function createBroker (settings: BrokerSettings, hooks: BrokerHooks, beforeListen: (bus: MessageBus, brokerId: string) => void, isAuthenticated: (client: Client) => boolean): Promise<Broker> {
+  const heartbeatIntervalMs = settings.heartbeatIntervalMs ?? 10_000
+  const id = settings.id
+  let mq: MessageBus & { close (cb: () => void): void }
+  let persistence: unknown
+  let redis: Redis | undefined
+  if (settings.redisUrl !== undefined) {
+    redis = new Redis(settings.redisUrl, { lazyConnect: false, maxRetriesPerRequest: 3 })
+    mq = mqemitterRedis({ connectionString: settings.redisUrl, matchEmptyLevels: true })
+    persistence = redisPersistence({ conn: redis })
+  } else {
+    mq = mqemitter({ concurrency: 100, matchEmptyLevels: true })
+    persistence = withRetainedIndex((memoryPersistence as unknown as () => RetainedPersistence)())
+  }
+  beforeListen(mq, id)
+
+  const aedes = await Aedes.createBroker({
+    ...hooks,
+    id,
+    mq,
+    persistence,
+    heartbeatInterval: heartbeatIntervalMs,
+    connectTimeout: 10_000
+  })
+
+  const publish: Publish = async (topic, payload, { qos, retain }) => {
+    await new Promise<void>((resolve, reject) => {
+      aedes.publish({
+        cmd: 'publish', topic, payload: typeof payload === 'string' ? Buffer.from(payload) : payload, qos, retain, dup: false
+      }, (error?: Error) => { error ? reject(error) : resolve() })
+    })
+  }
+
+  return {
+    aedes,
+    id,
+    bus: mq,
+    heartbeatIntervalMs,
+    publish,
+    handleConnection (stream, request) {
+      const client = aedes.handle(stream, request)
+      limitPacketSize(client, settings.packetLimits, () => isAuthenticated(client))
+      return client
+    },
+    liveNodeIds () {
+      const cutoff = Date.now() - 3 * heartbeatIntervalMs
+      return Object.entries(aedes.brokers).filter(([, seen]) => seen >= cutoff).map(([brokerId]) => brokerId)
+    },
+    async close () {
+      await new Promise<void>(resolve => { aedes.close(() => resolve()) })
+      const destroy = (persistence as { destroy?: () => Promise<void> }).destroy
+      if (typeof destroy === 'function') await destroy.call(persistence).catch(() => {})
+      if (redis !== undefined && redis.status !== 'end') await redis.quit().catch(() => {})
+    }
+  }
+}

@@ -1,0 +1,212 @@
+// Translates between Aedes and the domain for devices: the authenticate hook runs the device
+// authenticator and maps refusals to CONNACK codes; the authorize hooks apply the device ACL;
+// broker events feed presence and the info topic. No business rule lives here.
+import type { Aedes, AuthenticateError, AuthErrorCode, Client } from 'aedes'
+import type { BrokerHooks, MessageBus } from './broker.js'
+import { REFUSAL_RETURN_CODES, type DeviceAuthenticator, type Verdict } from '../auth/device-authenticator.js'
+import { authorizeDevicePublish, authorizeDeviceSubscribe, isDeviceWillTopic } from '../devices/acl.js'
+import type { DeviceRegistry } from '../devices/device-registry.js'
+import type { DisconnectReason } from '../devices/types.js'
+import type { Presence } from '../presence/presence.js'
+import type { Logger } from '../logger.js'
+import type { Publish } from '../ports.js'
+import { deviceTopic, parseDeviceTopic } from '../topics.js'
+
+/** What we know about an accepted device connection. */
+interface DeviceSession {
+  serial: string
+  connectionId: string
+  /** Set when the server closes the connection on purpose, so the disconnect carries the reason. */
+  closeReason?: DisconnectReason
+  /** A will on another topic than the device's own status: dropped, reported after connect. */
+  rejectedWillTopic?: string
+}
+
+/** Aedes internals read here: set when the client sent DISCONNECT. */
+interface AedesClientInternals { _disconnected?: boolean }
+
+/** Aedes's map of the clients connected to this node (public in its JS, missing from its types). */
+function clientsOf (aedes: Aedes | undefined): Record<string, Client | undefined> {
+  return (aedes as { clients?: Record<string, Client> } | undefined)?.clients ?? {}
+}
+
+/** Publishes the server keeps to itself: a refused device publish is rerouted here and dropped. */
+export const DROPPED_TOPIC = '$shepherd/dropped'
+
+export interface GatewayStats {
+  connectAccepted (): void
+  connectRefused (reason: string): void
+}
+
+export interface DeviceGatewayDeps {
+  authenticator: DeviceAuthenticator
+  registry: DeviceRegistry
+  presence: Presence
+  publish: Publish
+  logger: Logger
+  stats: GatewayStats
+}
+
+function remoteAddress (client: Client): string | undefined {
+  const request = client.req as { socket?: { remoteAddress?: string } } | undefined
+  const conn = client.conn as { remoteAddress?: string }
+  return request?.socket?.remoteAddress ?? conn.remoteAddress
+}
+
+function authError (verdict: Extract<Verdict, { ok: false }>): AuthenticateError {
+  const error = new Error(`${verdict.reason}: ${verdict.detail}`) as AuthenticateError
+  error.returnCode = REFUSAL_RETURN_CODES[verdict.reason] as AuthErrorCode
+  return error
+}
+
+export function createDeviceGateway (deps: DeviceGatewayDeps) {
+  const { authenticator, registry, presence, publish, logger, stats } = deps
+  const sessions = new WeakMap<Client, DeviceSession>()
+  let aedes: Aedes | undefined
+
+  function reportRejection (serial: string, topic: string, reason: string): void {
+    const leaf = parseDeviceTopic(topic)
+    const payload = JSON.stringify({ topic: leaf?.serial === serial ? leaf.leaf : topic, reason, at: new Date().toISOString() })
+    publish(deviceTopic(serial, 'errors'), payload, { qos: 0, retain: false }).catch((error: unknown) => {
+      logger.warn({ serial, err: error }, 'could not publish to the errors topic')
+    })
+  }
+
+  const hooks: BrokerHooks = {
+    preConnect (client, packet, callback) {
+      // The server owns presence: it publishes the device's status itself on every disconnect, so
+      // the will is taken out of the CONNECT before Aedes stores it (a stored will would otherwise
+      // be published after a takeover, or by another node after this one dies, as a stale "offline").
+      if (packet.will != null) {
+        const willTopic = packet.will.topic
+        delete (packet as { will?: unknown }).will
+        if (packet.username !== undefined && !isDeviceWillTopic(packet.username, willTopic)) {
+          (client as { shepherdRejectedWill?: string }).shepherdRejectedWill = willTopic
+        }
+      }
+      callback(null, true)
+    },
+
+    authenticate (client, username, password, done) {
+      authenticator.authenticate({ clientId: client.id, username, password }).then((verdict) => {
+        if (!verdict.ok) {
+          stats.connectRefused(verdict.reason)
+          logger.warn({ serial: verdict.serial, reason: verdict.reason, detail: verdict.detail, remote: remoteAddress(client) }, 'device connection refused')
+          done(authError(verdict), false)
+          return
+        }
+        const previous = clientsOf(aedes)[verdict.serial]
+        if (previous !== undefined) {
+          const previousSession = sessions.get(previous)
+          if (previousSession !== undefined) previousSession.closeReason = 'taken_over'
+        }
+        const rejectedWillTopic = (client as { shepherdRejectedWill?: string }).shepherdRejectedWill
+        sessions.set(client, { serial: verdict.serial, connectionId: crypto.randomUUID(), rejectedWillTopic })
+        stats.connectAccepted()
+        done(null, true)
+      }, (error: unknown) => {
+        logger.error({ err: error, remote: remoteAddress(client) }, 'device authentication failed unexpectedly')
+        const refusal = new Error('server unavailable') as AuthenticateError
+        refusal.returnCode = 3 as AuthErrorCode
+        done(refusal, false)
+      })
+    },
+
+    authorizePublish (client, packet, callback) {
+      const session = client === null ? undefined : sessions.get(client)
+      if (session === undefined) return callback(new Error('not authorized to publish'))
+      const decision = authorizeDevicePublish(session.serial, packet.topic)
+      if (!decision.ok) {
+        // MQTT-3.3.5-2 lets the server acknowledge and drop an unauthorized publish; the device
+        // stays connected and learns why on its errors topic.
+        logger.warn({ serial: session.serial, topic: packet.topic, reason: decision.reason }, 'device publish refused')
+        reportRejection(session.serial, packet.topic, decision.reason)
+        packet.topic = DROPPED_TOPIC
+        packet.retain = false
+        packet.payload = Buffer.alloc(0)
+      }
+      callback(null)
+    },
+
+    authorizeSubscribe (client, subscription, callback) {
+      const session = sessions.get(client)
+      const decision = session === undefined
+        ? { ok: false as const, reason: 'not authorized to subscribe' }
+        : authorizeDeviceSubscribe(session.serial, subscription.topic)
+      if (!decision.ok) {
+        logger.warn({ serial: session?.serial, topic: subscription.topic, reason: decision.reason }, 'subscription refused')
+        return callback(null, null) // SUBACK 0x80 for this filter
+      }
+      callback(null, subscription)
+    },
+
+    authorizeForward (client, packet) {
+      // Backstop: whatever a device's subscriptions match, it only ever receives its own topics.
+      const session = sessions.get(client)
+      if (session === undefined) return null
+      return authorizeDeviceSubscribe(session.serial, packet.topic).ok ? packet : null
+    }
+  }
+
+  function closeReasonOf (client: Client, session: DeviceSession): DisconnectReason {
+    if (session.closeReason !== undefined) return session.closeReason
+    return (client as AedesClientInternals)._disconnected === true ? 'clean' : 'lost'
+  }
+
+  /** Subscribes to the broker's own messages before it listens (takeovers from other nodes). */
+  function beforeListen (bus: MessageBus, brokerId: string): void {
+    bus.on('$SYS/+/new/clients', (packet, done) => {
+      const fromNode = packet.topic.split('/')[1]
+      const client = fromNode === brokerId ? undefined : clientsOf(aedes)[String(packet.payload)]
+      const session = client === undefined ? undefined : sessions.get(client)
+      if (session !== undefined) session.closeReason = 'taken_over'
+      done()
+    })
+  }
+
+  function attach (broker: Aedes): void {
+    aedes = broker
+    broker.on('clientReady', (client) => {
+      const session = sessions.get(client)
+      if (session === undefined) return
+      void presence.deviceConnected(session.serial, session.connectionId)
+      if (session.rejectedWillTopic !== undefined) {
+        reportRejection(session.serial, session.rejectedWillTopic, 'a will may only be set on the device\'s own status topic; it was dropped')
+      }
+    })
+    broker.on('clientDisconnect', (client) => {
+      const session = sessions.get(client)
+      if (session === undefined) return
+      const reason = closeReasonOf(client, session)
+      logger.info({ serial: session.serial, reason }, 'device disconnected')
+      void presence.deviceDisconnected(session.serial, session.connectionId, reason)
+    })
+    broker.on('publish', (packet, client) => {
+      const session = client === null ? undefined : sessions.get(client)
+      if (session === undefined || packet.topic !== deviceTopic(session.serial, 'info')) return
+      registry.recordInfo(session.serial, packet.payload as Buffer).then((result) => {
+        if (!result.ok) reportRejection(session.serial, packet.topic, result.reason)
+      }, (error: unknown) => { logger.error({ serial: session.serial, err: error }, 'could not record device info') })
+    })
+  }
+
+  /** Closes the device's connection on this node, if it has one, with `reason` as its disconnect reason. */
+  function disconnectDevice (serial: string, reason: DisconnectReason): boolean {
+    const client = clientsOf(aedes)[serial]
+    const session = client === undefined ? undefined : sessions.get(client)
+    if (client === undefined || session === undefined) return false
+    session.closeReason = reason
+    client.close()
+    return true
+  }
+
+  return {
+    hooks,
+    beforeListen,
+    attach,
+    disconnectDevice,
+    isAuthenticated: (client: Client) => sessions.has(client)
+  }
+}
+
+export type DeviceGateway = ReturnType<typeof createDeviceGateway>

@@ -1,0 +1,100 @@
+// Presence, owned by the server: every connect and disconnect becomes a retained `status`
+// message with a reason and a row update (status, last_seen_at, disconnect reason, node). Events of
+// one device are applied in the order they happened, so a takeover's "offline" never lands after
+// the new connection's "online". Rows left online by a node that died are swept offline.
+import type { Logger } from '../logger.js'
+import type { Publish } from '../ports.js'
+import { deviceTopic } from '../topics.js'
+import type { DeviceRepository, DisconnectReason } from '../devices/types.js'
+
+export interface PresenceEvents {
+  online (serial: string): void
+  offline (serial: string, reason: DisconnectReason): void
+}
+
+export interface PresenceDeps {
+  repo: DeviceRepository
+  publish: Publish
+  nodeId: string
+  logger: Logger
+  events?: Partial<PresenceEvents>
+  now?: () => Date
+}
+
+export function statusPayload (status: 'online' | 'offline', at: Date, reason?: DisconnectReason): string {
+  return JSON.stringify(reason === undefined ? { status, at: at.toISOString() } : { status, reason, at: at.toISOString() })
+}
+
+export function createPresence (deps: PresenceDeps) {
+  const { repo, publish, nodeId, logger } = deps
+  const now = deps.now ?? (() => new Date())
+  const queues = new Map<string, Promise<void>>()
+
+  /** Runs `task` after every earlier task of the same device; failures are logged, never thrown. */
+  function inOrder (serial: string, task: () => Promise<void>): Promise<void> {
+    const previous = queues.get(serial) ?? Promise.resolve()
+    const next = previous.then(task).catch((error: unknown) => {
+      logger.error({ serial, err: error }, 'presence update failed')
+    })
+    queues.set(serial, next)
+    void next.then(() => { if (queues.get(serial) === next) queues.delete(serial) })
+    return next
+  }
+
+  async function publishStatus (serial: string, status: 'online' | 'offline', at: Date, reason?: DisconnectReason): Promise<void> {
+    await publish(deviceTopic(serial, 'status'), statusPayload(status, at, reason), { qos: 1, retain: true })
+  }
+
+  function deviceConnected (serial: string, connectionId: string): Promise<void> {
+    return inOrder(serial, async () => {
+      const at = now()
+      await repo.markOnline(serial, { nodeId, connectionId, at })
+      await publishStatus(serial, 'online', at)
+      deps.events?.online?.(serial)
+    })
+  }
+
+  function deviceDisconnected (serial: string, connectionId: string, reason: DisconnectReason): Promise<void> {
+    return inOrder(serial, async () => {
+      const at = now()
+      // Only the connection that still holds the device may mark it offline: after a takeover on
+      // another node the row already belongs to the new connection.
+      if (!await repo.markOffline(serial, connectionId, reason, at)) return
+      await publishStatus(serial, 'offline', at, reason)
+      deps.events?.offline?.(serial, reason)
+    })
+  }
+
+  async function markOffline (serials: readonly string[], reason: DisconnectReason): Promise<void> {
+    const at = now()
+    await Promise.all(serials.map(serial => inOrder(serial, async () => {
+      await publishStatus(serial, 'offline', at, reason)
+      deps.events?.offline?.(serial, reason)
+    })))
+  }
+
+  /** Marks offline the devices held by nodes that are no longer alive (reason `lost`). */
+  async function sweepDeadNodes (liveNodeIds: readonly string[]): Promise<number> {
+    const serials = await repo.sweepOffline([nodeId, ...liveNodeIds], 'lost', now())
+    if (serials.length > 0) logger.info({ count: serials.length }, 'swept devices left online by a node that is gone')
+    await markOffline(serials, 'lost')
+    return serials.length
+  }
+
+  /** On shutdown: every device held by this node goes offline with reason `server_shutdown`. */
+  async function shutdown (): Promise<number> {
+    await Promise.all(queues.values())
+    const serials = await repo.markNodeOffline(nodeId, 'server_shutdown', now())
+    await markOffline(serials, 'server_shutdown')
+    return serials.length
+  }
+
+  /** Resolves when every queued presence update has been applied. */
+  async function settled (): Promise<void> {
+    while (queues.size > 0) await Promise.all(queues.values())
+  }
+
+  return { deviceConnected, deviceDisconnected, sweepDeadNodes, shutdown, settled }
+}
+
+export type Presence = ReturnType<typeof createPresence>

@@ -1,0 +1,176 @@
+// Composition root: config → storage → domain → edges. `createServer` wires everything from one
+// typed Config; `listen` opens the ports, `close` shuts down in order (stop accepting, mark
+// devices offline with reason server_shutdown, close the broker, close the database).
+import { randomUUID } from 'node:crypto'
+import { readFile, mkdir } from 'node:fs/promises'
+import type { FastifyInstance } from 'fastify'
+import { Redis } from 'ioredis'
+import type { Config } from './config.js'
+import { createLogger, type Logger } from './logger.js'
+import { loadFleetCaPem } from './certs/fleet-ca.js'
+import { createFleetTrust } from './certs/trust.js'
+import { createDeviceAuthenticator, MAX_PASSWORD_BYTES } from './auth/device-authenticator.js'
+import { createMemoryReplayGuard, createRedisReplayGuard, type ReplayGuard } from './auth/replay-guard.js'
+import { createDeviceRegistry } from './devices/device-registry.js'
+import { createPresence } from './presence/presence.js'
+import { openDatabase, type Database } from './storage/db.js'
+import { migrateLatest } from './storage/migrate.js'
+import { createDeviceRepository } from './storage/repos/devices-repo.js'
+import { openRevocationChannel } from './storage/revocation-channel.js'
+import { createBroker, type Broker } from './mqtt/broker.js'
+import { createDeviceGateway } from './mqtt/device-gateway.js'
+import { startTcpListener, type TcpListener } from './mqtt/tcp-listener.js'
+import { buildHttpApp } from './http/app.js'
+import { listenOn } from './listen.js'
+import { startControlSocket } from './control/control-socket.js'
+import { createTelemetry } from './telemetry.js'
+import type { Publish } from './ports.js'
+
+export interface ServerOptions {
+  logger?: Logger
+  /** Embedded database in memory instead of $DATA_DIR/db (tests). */
+  inMemoryDatabase?: boolean
+  heartbeatIntervalMs?: number
+}
+
+export interface ShepherdServer {
+  readonly config: Config
+  readonly logger: Logger
+  readonly db: Database
+  readonly broker: Broker
+  readonly http: FastifyInstance
+  readonly nodeId: string
+  /** Opens the HTTP and MQTT ports; answers the ports actually bound (0 in config = ephemeral). */
+  listen (): Promise<{ httpPort: number, mqttPort: number | undefined }>
+  close (): Promise<void>
+  /** Resolves when pending presence updates are written (tests). */
+  settled (): Promise<void>
+  revokeDevice (serial: string): Promise<{ found: boolean }>
+}
+
+const PRE_AUTH_PACKET_BYTES = MAX_PASSWORD_BYTES + 4096 // the CONNECT: password plus ids, will, header
+
+function isLoopback (host: string): boolean {
+  return host === '127.0.0.1' || host === '::1' || host === 'localhost'
+}
+
+export async function createServer (config: Config, options: ServerOptions = {}): Promise<ShepherdServer> {
+  const logger = options.logger ?? createLogger(config.logLevel)
+  await mkdir(config.dataDir, { recursive: true })
+  const tls = config.tlsCertPath !== undefined && config.tlsKeyPath !== undefined
+    ? { cert: await readFile(config.tlsCertPath), key: await readFile(config.tlsKeyPath) }
+    : undefined
+
+  const trust = createFleetTrust(await loadFleetCaPem(config, logger))
+  const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, inMemory: options.inMemoryDatabase })
+  const cleanups: Array<() => Promise<void>> = [() => db.close()]
+  const closeAll = async (): Promise<void> => {
+    for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch((error: unknown) => logger.error({ err: error }, 'shutdown step failed'))
+  }
+
+  try {
+    const applied = await migrateLatest(db.knex)
+    if (applied.length > 0) logger.info({ migrations: applied }, 'database migrated')
+
+    const replayGuard: ReplayGuard = config.redisUrl === undefined
+      ? createMemoryReplayGuard()
+      : createRedisReplayGuard(new Redis(config.redisUrl, { maxRetriesPerRequest: 3 }))
+    cleanups.push(() => replayGuard.close())
+
+    const repo = createDeviceRepository(db.knex)
+    let disconnectDevice: (serial: string) => void = () => {}
+    const revocations = await openRevocationChannel(db, serial => { disconnectDevice(serial) }, logger)
+    cleanups.push(() => revocations.close())
+    const registry = createDeviceRegistry({ repo, announcer: revocations, logger })
+
+    // The broker's hooks need the domain, and the domain publishes through the broker: the
+    // publish port forwards to the broker once it runs (nothing publishes before that).
+    const nodeId = randomUUID()
+    let broker: Broker | undefined
+    const publish: Publish = async (...args) => {
+      if (broker === undefined) throw new Error('broker not started')
+      await broker.publish(...args)
+    }
+    const telemetry = createTelemetry({ connectedDevices: () => broker?.aedes.connectedClients ?? 0 })
+    const presence = createPresence({ repo, publish, nodeId, logger })
+    const authenticator = createDeviceAuthenticator({
+      trust, replayGuard, admission: registry.admission, timestampToleranceSeconds: config.timestampToleranceSeconds
+    })
+    const gateway = createDeviceGateway({ authenticator, registry, presence, publish, logger, stats: telemetry.stats })
+    disconnectDevice = (serial) => { gateway.disconnectDevice(serial, 'revoked') }
+
+    broker = await createBroker({
+      id: nodeId,
+      redisUrl: config.redisUrl,
+      packetLimits: { beforeAuthentication: PRE_AUTH_PACKET_BYTES, afterAuthentication: config.mqttMaxPacketBytes },
+      heartbeatIntervalMs: options.heartbeatIntervalMs
+    }, gateway.hooks, gateway.beforeListen, gateway.isAuthenticated)
+    const startedBroker = broker
+    gateway.attach(startedBroker.aedes)
+    startedBroker.aedes.on('clientError', (client, error) => { logger.debug({ clientId: client.id, err: error }, 'mqtt client error') })
+    startedBroker.aedes.on('connectionError', (_client, error) => { logger.debug({ err: error }, 'mqtt connection error before CONNECT') })
+
+    // Rows left online by a node that died: swept now when this is the only node (no Redis),
+    // otherwise once other nodes had three heartbeats to announce themselves, then periodically.
+    const sweep = (): void => {
+      presence.sweepDeadNodes(startedBroker.liveNodeIds()).catch((error: unknown) => logger.error({ err: error }, 'presence sweep failed'))
+    }
+    if (config.redisUrl === undefined) await presence.sweepDeadNodes([])
+    const sweeper = setInterval(sweep, 3 * startedBroker.heartbeatIntervalMs)
+    sweeper.unref()
+
+    const http = await buildHttpApp({
+      logger, broker: startedBroker, tls, maxWebSocketPayloadBytes: config.mqttMaxPacketBytes,
+      countOnlineDevices: registry.countOnline
+    })
+
+    if (db.kind === 'pglite') {
+      const control = await startControlSocket(config.dataDir, {
+        revoke: async ({ serial }) => await registry.setRevoked(String(serial), true)
+      })
+      cleanups.push(() => control.close())
+    }
+
+    let tcp: TcpListener | undefined
+    let closing: Promise<void> | undefined
+
+    async function shutdown (): Promise<void> {
+      clearInterval(sweeper)
+      const httpClosed = http.server.listening ? http.close() : Promise.resolve()
+      const tcpClosed = tcp?.close()
+      const count = await presence.shutdown()
+      logger.info({ devices: count }, 'devices marked offline (server_shutdown)')
+      await startedBroker.close()
+      await Promise.all([httpClosed, tcpClosed])
+      await closeAll()
+    }
+
+    return {
+      config,
+      logger,
+      db,
+      broker: startedBroker,
+      http,
+      nodeId,
+      async listen () {
+        await http.ready()
+        const httpPort = await listenOn(http.server, config.port, config.host, 'PORT')
+        if (config.mqttPort !== 0) tcp = await startTcpListener(startedBroker, { host: config.host, port: config.mqttPort, tls })
+        if (tls === undefined && !isLoopback(config.host)) {
+          logger.warn({ host: config.host }, 'listening without TLS on a non-loopback address: device credentials cross the network in the clear; set TLS_CERT/TLS_KEY or terminate TLS in front of Shepherd')
+        }
+        logger.info({ http: httpPort, mqtt: tcp?.port ?? 'off', tls: tls !== undefined, database: db.kind, redis: config.redisUrl !== undefined, node: nodeId }, 'Shepherd listening')
+        return { httpPort, mqttPort: tcp?.port }
+      },
+      close () {
+        closing ??= shutdown()
+        return closing
+      },
+      settled: () => presence.settled(),
+      revokeDevice: (serial) => registry.setRevoked(serial, true)
+    }
+  } catch (error) {
+    await closeAll()
+    throw error
+  }
+}

@@ -40,8 +40,11 @@ export interface ShepherdServer {
   readonly broker: Broker
   readonly http: FastifyInstance
   readonly nodeId: string
-  /** Opens the HTTP and MQTT ports; answers the ports actually bound (0 in config = ephemeral). */
-  listen (): Promise<{ httpPort: number, mqttPort: number | undefined }>
+  /**
+   * Opens the HTTP and MQTT ports (from config, or `ports` — 0 there means an ephemeral port, as
+   * tests use; MQTT_PORT=0 in config turns MQTT/TCP off). Answers the ports actually bound.
+   */
+  listen (ports?: { http: number, mqtt: number }): Promise<{ httpPort: number, mqttPort: number | undefined }>
   close (): Promise<void>
   /** Resolves when pending presence updates are written (tests). */
   settled (): Promise<void>
@@ -152,10 +155,10 @@ export async function createServer (config: Config, options: ServerOptions = {})
       broker: startedBroker,
       http,
       nodeId,
-      async listen () {
+      async listen (ports) {
         await http.ready()
-        const httpPort = await listenOn(http.server, config.port, config.host, 'PORT')
-        if (config.mqttPort !== 0) tcp = await startTcpListener(startedBroker, { host: config.host, port: config.mqttPort, tls })
+        const httpPort = await listenOn(http.server, ports?.http ?? config.port, config.host, 'PORT')
+        if (ports !== undefined || config.mqttPort !== 0) tcp = await startTcpListener(startedBroker, { host: config.host, port: ports?.mqtt ?? config.mqttPort, tls })
         if (tls === undefined && !isLoopback(config.host)) {
           logger.warn({ host: config.host }, 'listening without TLS on a non-loopback address: device credentials cross the network in the clear; set TLS_CERT/TLS_KEY or terminate TLS in front of Shepherd')
         }

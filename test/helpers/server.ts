@@ -1,0 +1,129 @@
+// Starts a real Shepherd on ephemeral ports for a test: its own DATA_DIR, its own Fleet CA, and
+// either an in-memory PGlite or a fresh PostgreSQL database (created here, dropped at teardown).
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import pg from 'pg'
+import type { Test } from 'tap'
+import { loadConfig } from '../../src/config.js'
+import { createLogger } from '../../src/logger.js'
+import { createServer, type ShepherdServer } from '../../src/server.js'
+import { createTestPki, type TestPki } from './pki.js'
+import { Writable } from 'node:stream'
+
+export const POSTGRES_ADMIN_URL = process.env.TEST_POSTGRES_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
+export const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
+
+export type DatabaseChoice = 'pglite' | 'postgres'
+export const DATABASES: readonly DatabaseChoice[] = ['pglite', 'postgres']
+
+export interface TestServer {
+  server: ShepherdServer
+  pki: TestPki
+  wsUrl: string
+  mqttUrl: string
+  httpUrl: string
+  dataDir: string
+  databaseUrl: string | undefined
+  /** Every log line the server wrote, parsed. */
+  logs: Array<Record<string, unknown>>
+  close (): Promise<void>
+}
+
+export interface TestServerOptions {
+  database?: DatabaseChoice
+  /** Reuse a database (a restart); otherwise a new one is made. */
+  databaseUrl?: string
+  dataDir?: string
+  pki?: TestPki
+  redis?: boolean
+  env?: Record<string, string>
+  heartbeatIntervalMs?: number
+  /** Keep the database after close (to restart on it). */
+  keepDatabase?: boolean
+}
+
+export async function createTestDatabase (): Promise<{ url: string, drop (): Promise<void> }> {
+  const name = `shepherd_test_${process.pid}_${Math.random().toString(36).slice(2, 8)}`
+  const admin = new pg.Client({ connectionString: POSTGRES_ADMIN_URL })
+  await admin.connect()
+  await admin.query(`CREATE DATABASE ${name}`)
+  await admin.end()
+  const url = new URL(POSTGRES_ADMIN_URL)
+  url.pathname = `/${name}`
+  return {
+    url: url.toString(),
+    async drop () {
+      const client = new pg.Client({ connectionString: POSTGRES_ADMIN_URL })
+      await client.connect()
+      await client.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
+      await client.end()
+    }
+  }
+}
+
+export async function startTestServer (t: Test, options: TestServerOptions = {}): Promise<TestServer> {
+  const pki = options.pki ?? await createTestPki()
+  const dataDir = options.dataDir ?? await mkdtemp(path.join(tmpdir(), 'shepherd-test-'))
+  const caPath = path.join(dataDir, 'fleet_ca.pem')
+  await writeFile(caPath, pki.caPem)
+  let database: { url: string, drop (): Promise<void> } | undefined
+  let databaseUrl = options.databaseUrl
+  if (databaseUrl === undefined && options.database === 'postgres') {
+    database = await createTestDatabase()
+    databaseUrl = database.url
+  }
+  const logs: Array<Record<string, unknown>> = []
+  const sink = new Writable({
+    write (chunk: Buffer, _encoding, callback) {
+      for (const line of chunk.toString('utf8').split('\n')) if (line !== '') logs.push(JSON.parse(line) as Record<string, unknown>)
+      callback()
+    }
+  })
+  const config = loadConfig({
+    DATA_DIR: dataDir,
+    FLEET_CA_PATH: caPath,
+    HOST: '127.0.0.1',
+    LOG_LEVEL: 'debug',
+    ...(databaseUrl === undefined ? {} : { DATABASE_URL: databaseUrl }),
+    ...(options.redis === true ? { REDIS_URL: REDIS_URL } : {}),
+    ...options.env
+  })
+  const server = await createServer(config, {
+    logger: createLogger('debug', sink),
+    inMemoryDatabase: databaseUrl === undefined,
+    heartbeatIntervalMs: options.heartbeatIntervalMs
+  })
+  const { httpPort, mqttPort } = await server.listen({ http: 0, mqtt: 0 })
+  let closed = false
+  const testServer: TestServer = {
+    server,
+    pki,
+    dataDir,
+    databaseUrl,
+    logs,
+    wsUrl: `ws://127.0.0.1:${httpPort}/mqtt`,
+    mqttUrl: `mqtt://127.0.0.1:${mqttPort}`,
+    httpUrl: `http://127.0.0.1:${httpPort}`,
+    async close () {
+      if (closed) return
+      closed = true
+      await server.close()
+      if (options.keepDatabase !== true) await database?.drop()
+      if (options.dataDir === undefined) await rm(dataDir, { recursive: true, force: true })
+    }
+  }
+  t.teardown(() => testServer.close())
+  return testServer
+}
+
+/** Polls `check` until it returns a value other than undefined/false, or fails after `timeoutMs`. */
+export async function eventually<T> (check: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs = 5000, what = 'condition'): Promise<T> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const value = await check()
+    if (value !== undefined && value !== false) return value
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
+    await new Promise(resolve => setTimeout(resolve, 25))
+  }
+}

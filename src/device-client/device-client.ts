@@ -122,10 +122,16 @@ export async function connectDevice (options: DeviceClientOptions): Promise<Devi
   }
 
   await new Promise<void>((resolve, reject) => {
-    const onConnect = (): void => { client.off('error', onError); resolve() }
-    const onError = (error: Error): void => { client.off('connect', onConnect); client.end(true); reject(error) }
-    client.once('connect', onConnect)
-    client.once('error', onError)
+    const settle = (error?: Error): void => {
+      client.off('connect', onConnect).off('error', onError).off('close', onClose)
+      if (error === undefined) return resolve()
+      client.end(true)
+      reject(error)
+    }
+    const onConnect = (): void => { settle() }
+    const onError = (error: Error): void => { settle(error) }
+    const onClose = (): void => { settle(new Error('connection closed before the server accepted the CONNECT')) }
+    client.on('connect', onConnect).on('error', onError).on('close', onClose)
   })
   return device
 }

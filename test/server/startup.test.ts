@@ -1,0 +1,78 @@
+import t, { type Test } from 'tap'
+import net from 'node:net'
+import { mkdtemp, readFile, stat } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { loadConfig } from '../../src/config.js'
+import { createLogger } from '../../src/logger.js'
+import { createServer } from '../../src/server.js'
+import { StartupError } from '../../src/errors.js'
+import { runShepherd } from '../helpers/cli.js'
+
+const silent = createLogger('silent')
+
+async function occupiedPort (t: Test): Promise<number> {
+  const blocker = net.createServer()
+  await new Promise<void>(resolve => blocker.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise<void>(resolve => blocker.close(() => resolve())))
+  return (blocker.address() as net.AddressInfo).port
+}
+
+t.test('outside production a missing Fleet CA is created in priv/ca, with one log line', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'shepherd-start-'))
+  const lines: string[] = []
+  const logger = createLogger('info', { write: (line: string) => { lines.push(line) } })
+  const config = loadConfig({ DATA_DIR: path.join(dir, 'data'), HOST: '127.0.0.1' })
+  const server = await createServer({ ...config, fleetCaPath: path.join(dir, 'priv/ca/fleet_ca.pem') }, { logger, inMemoryDatabase: true })
+  await server.close()
+  t.equal((await stat(path.join(dir, 'priv/ca/fleet_ca_key.pem'))).mode & 0o777, 0o600)
+  t.match(await readFile(path.join(dir, 'priv/ca/fleet_ca.pem'), 'utf8'), /BEGIN CERTIFICATE/)
+  t.equal(lines.filter(line => line.includes('created a development Fleet CA')).length, 1)
+})
+
+t.test('in production a missing Fleet CA stops the start with the settings to set', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'shepherd-start-'))
+  const config = loadConfig({ NODE_ENV: 'production', DATA_DIR: dir, FLEET_CA_PATH: path.join(dir, 'missing.pem') })
+  const error = await t.rejects(createServer(config, { logger: silent, inMemoryDatabase: true }), StartupError)
+  t.match(String(error), /FLEET_CA_PEM.*FLEET_CA_PATH/)
+})
+
+t.test('a port in use is a clear error naming the setting', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'shepherd-start-'))
+  const busy = await occupiedPort(t)
+  const caDir = path.join(dir, 'ca')
+  t.equal((await runShepherd(['gen-ca', '--dir', caDir])).code, 0)
+  const env = { DATA_DIR: path.join(dir, 'data'), FLEET_CA_PATH: path.join(caDir, 'fleet_ca.pem'), HOST: '127.0.0.1' }
+
+  const mqttBusy = await runShepherd(['start'], { env: { ...env, PORT: '0', MQTT_PORT: String(busy) } })
+  t.equal(mqttBusy.code, 1)
+  t.match(mqttBusy.stderr, new RegExp(`MQTT_PORT=${busy}: port ${busy} .*already in use; set MQTT_PORT`))
+
+  const httpBusy = await runShepherd(['start'], { env: { ...env, PORT: String(busy), MQTT_PORT: '0' } })
+  t.equal(httpBusy.code, 1)
+  t.match(httpBusy.stderr, new RegExp(`PORT=${busy}: port ${busy} .*already in use; set PORT`))
+
+  const badConfig = await runShepherd(['start'], { env: { ...env, PORT: 'x', MQTT_PORT: 'y' } })
+  t.equal(badConfig.code, 1)
+  t.match(badConfig.stderr, /PORT must be .*\n.*MQTT_PORT must be/s)
+})
+
+t.test('shepherd start serves until SIGTERM, then exits 0', async (t) => {
+  const { spawn } = await import('node:child_process')
+  const { SHEPHERD_BIN } = await import('../helpers/cli.js')
+  const dir = await mkdtemp(path.join(tmpdir(), 'shepherd-start-'))
+  const child = spawn('/usr/bin/env', ['-u', 'NODE_OPTIONS', process.execPath, SHEPHERD_BIN, 'start'], {
+    cwd: dir, env: { PATH: process.env.PATH, HOST: '127.0.0.1', PORT: '0', MQTT_PORT: '0', LOG_LEVEL: 'info' }
+  })
+  let output = ''
+  child.stdout.on('data', (chunk: Buffer) => { output += chunk.toString() })
+  child.stderr.on('data', (chunk: Buffer) => { output += chunk.toString() })
+  const deadline = Date.now() + 30_000
+  while (!output.includes('Shepherd listening') && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 100))
+  t.match(output, /created a development Fleet CA/)
+  t.match(output, /Shepherd listening/)
+  const exited = new Promise<number | null>(resolve => child.on('exit', code => resolve(code)))
+  child.kill('SIGTERM')
+  t.equal(await exited, 0)
+  t.match(output, /devices marked offline \(server_shutdown\)/)
+})

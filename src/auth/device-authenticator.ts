@@ -178,7 +178,8 @@ export function createDeviceAuthenticator (deps: DeviceAuthenticatorDeps) {
     {
       name: 'replay',
       run: async (a) => {
-        const fresh = await deps.replayGuard.claim(a.serial!, a.timestamp!, toleranceMs * 2)
+        // a timestamp is acceptable for 2 × tolerance, both ends included: the claim must outlive that
+        const fresh = await deps.replayGuard.claim(a.serial!, a.timestamp!, toleranceMs * 2 + 1000)
         if (!fresh) return { reason: 'replayed', detail: `a connection with timestamp ${a.timestamp} was already accepted` }
       }
     },

@@ -60,6 +60,8 @@ export interface CommandMessage { id: string, command: string, payload?: Record<
 export interface DeviceClient {
   readonly serial: string
   readonly mqtt: MqttClient
+  /** The last error after the device connected (for example a refused reconnect). */
+  lastError?: Error
   publishInfo (info: Record<string, unknown>): Promise<void>
   publishMetrics (points: Array<{ name: string, value: number, unit?: string, recorded_at?: number | string }>, qos?: 0 | 1): Promise<void>
   close (): Promise<void>
@@ -74,10 +76,11 @@ export function deviceWill (serial: string): NonNullable<IClientOptions['will']>
 export async function connectDevice (options: DeviceClientOptions): Promise<DeviceClient> {
   const { identity } = options
   const serial = identity.serial
+  let lastTimestamp = Number(options.timestamp ?? Math.floor(Date.now() / 1000))
   const client = mqtt.connect(options.url, {
     clientId: serial,
     username: serial,
-    password: devicePassword(identity, options),
+    password: devicePassword(identity, { ...options, timestamp: options.timestamp ?? lastTimestamp }),
     protocolVersion: 4,
     clean: true,
     keepalive: options.keepaliveSeconds ?? 30,
@@ -87,7 +90,12 @@ export async function connectDevice (options: DeviceClientOptions): Promise<Devi
     ...options.mqttOptions
   })
   // every (re)connect signs a new timestamp: the server refuses a replayed (serial, timestamp)
-  const refreshCredential = (): void => { client.options.password = devicePassword(identity, { signatureFormat: options.signatureFormat }) }
+  const refreshCredential = (): void => {
+    // the server accepts a (serial, timestamp) pair once: a reconnect within the same second
+    // signs the next second (well inside the tolerance)
+    lastTimestamp = Math.max(Math.floor(Date.now() / 1000), lastTimestamp + 1)
+    client.options.password = devicePassword(identity, { signatureFormat: options.signatureFormat, timestamp: lastTimestamp })
+  }
   client.on('reconnect', refreshCredential)
 
   const publish = async (topic: string, payload: string, qos: 0 | 1, retain: boolean): Promise<void> => {
@@ -124,7 +132,11 @@ export async function connectDevice (options: DeviceClientOptions): Promise<Devi
   await new Promise<void>((resolve, reject) => {
     const settle = (error?: Error): void => {
       client.off('connect', onConnect).off('error', onError).off('close', onClose)
-      if (error === undefined) return resolve()
+      if (error === undefined) {
+        // later errors (a refused reconnect, a reset socket) end up in lastError, not as a crash
+        client.on('error', (later: Error) => { device.lastError = later })
+        return resolve()
+      }
       client.end(true)
       reject(error)
     }

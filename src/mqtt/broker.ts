@@ -42,6 +42,15 @@ export interface Broker {
   close (): Promise<void>
 }
 
+async function connectRedis (url: string): Promise<Redis> {
+  const redis = new Redis(url, { maxRetriesPerRequest: 3 })
+  await new Promise<void>((resolve, reject) => {
+    redis.once('ready', resolve)
+    redis.once('error', (error) => { redis.disconnect(); reject(new Error(`cannot reach Redis at REDIS_URL: ${error.message}`)) })
+  })
+  return redis
+}
+
 export async function createBroker (settings: BrokerSettings, hooks: BrokerHooks, beforeListen: (bus: MessageBus, brokerId: string) => void, isAuthenticated: (client: Client) => boolean): Promise<Broker> {
   const heartbeatIntervalMs = settings.heartbeatIntervalMs ?? 10_000
   const id = settings.id
@@ -49,8 +58,11 @@ export async function createBroker (settings: BrokerSettings, hooks: BrokerHooks
   let persistence: unknown
   let redis: Redis | undefined
   if (settings.redisUrl !== undefined) {
-    redis = new Redis(settings.redisUrl, { lazyConnect: false, maxRetriesPerRequest: 3 })
-    mq = mqemitterRedis({ connectionString: settings.redisUrl, matchEmptyLevels: true })
+    // Connections are handed over ready: mqemitter-redis subscribes at once, and a SUBSCRIBE
+    // queued before ioredis's ready check makes that check fail ("Connection in subscriber mode").
+    const [sub, pub, store] = await Promise.all([0, 1, 2].map(() => connectRedis(settings.redisUrl!)))
+    redis = store
+    mq = mqemitterRedis({ subConn: sub, pubConn: pub, matchEmptyLevels: true })
     persistence = redisPersistence({ conn: redis })
   } else {
     mq = mqemitter({ concurrency: 100, matchEmptyLevels: true })

@@ -152,7 +152,10 @@ export function createDeviceAuthenticator (deps: DeviceAuthenticatorDeps) {
     {
       name: 'chain',
       run: (a) => {
-        if (a.certificate!.chainError !== undefined) return { reason: 'untrusted_certificate', detail: a.certificate!.chainError }
+        const { chainError, chainNotBefore, chainNotAfter } = a.certificate!
+        if (chainError !== undefined) return { reason: 'untrusted_certificate', detail: chainError }
+        const at = now()
+        if (at < chainNotBefore.getTime() || at > chainNotAfter.getTime()) return { reason: 'untrusted_certificate', detail: 'an intermediate CA certificate is outside its validity period' }
       }
     },
     {

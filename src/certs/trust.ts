@@ -1,6 +1,7 @@
 // Checks device certificates against the Fleet CA with node:crypto. Parsing a certificate and
-// verifying its chain is the expensive part of a connect, so the verdict for a given set of DER
-// bytes is cached (keyed by SHA-256); validity dates are still compared with the clock each time.
+// verifying its chain's signatures is the expensive part of a connect, so that verdict for a given
+// set of DER bytes is cached (keyed by SHA-256); validity dates of the certificate and of its
+// intermediates are compared with the clock by the caller on every connect.
 import { X509Certificate, createHash, verify as verifySignature, type KeyObject } from 'node:crypto'
 
 export type CertificateCheck =
@@ -14,8 +15,11 @@ export interface ParsedCertificate {
   fingerprint: string
   notBefore: Date
   notAfter: Date
-  /** Why the chain does not lead to the Fleet CA; undefined when every link verified. */
+  /** Why the chain does not lead to the Fleet CA; undefined when every link's signature verified. */
   chainError: string | undefined
+  /** When the intermediates (if any) are all in date; compared with the clock on every connect. */
+  chainNotBefore: Date
+  chainNotAfter: Date
 }
 
 export interface FleetTrust {
@@ -68,22 +72,20 @@ export function createFleetTrust (caPem: string, options: { cacheSize?: number }
         fingerprint: createHash('sha256').update(leafDer).digest('hex'),
         notBefore: new Date(leaf.validFrom),
         notAfter: new Date(leaf.validTo),
-        chainError: chainError([leaf, ...intermediates])
+        chainError: chainError([leaf, ...intermediates]),
+        chainNotBefore: new Date(Math.max(0, ...intermediates.map(c => Date.parse(c.validFrom)))),
+        chainNotAfter: new Date(Math.min(8.64e15, ...intermediates.map(c => Date.parse(c.validTo))))
       }
     }
   }
 
   function chainError (links: readonly X509Certificate[]): string | undefined {
-    const now = Date.now()
     for (let i = 0; i < links.length; i++) {
       const child = links[i]!
       const parent = links[i + 1] ?? ca
       const parentName = i + 1 < links.length ? `chain[${i}]` : 'the Fleet CA'
       if (!parent.ca) return `${parentName} is not a CA certificate`
       if (!isIssuedBy(child, parent)) return `${i === 0 ? 'the certificate' : `chain[${i - 1}]`} is not signed by ${parentName}`
-      if (i + 1 < links.length && (now < Date.parse(parent.validFrom) || now > Date.parse(parent.validTo))) {
-        return `${parentName} is outside its validity period`
-      }
     }
     return undefined
   }

@@ -300,6 +300,15 @@ t.test('check 5: the cert chains to the Fleet CA → untrusted_certificate (4)',
   refusedWith(t, await connect('not-the-cn', credentialOf({ ...foreign, serial: 'not-the-cn' }, { timestamp: T0 })), 'untrusted_certificate', 'not-the-cn')
 })
 
+t.test('check 5: an intermediate that expires later is refused from then on, despite the cache', async (t) => {
+  const { connect } = setup()
+  const device = await pki.deviceViaIntermediate(uniqueSerial()) // intermediate valid 365 days, device 5 years
+  const accepted = await connect(device.serial, credentialOf(device, { timestamp: T0 }))
+  t.ok(accepted.ok, 'accepted while the intermediate is in date (and now cached)')
+  clockMs = (T0 + 400 * 86_400) * 1000
+  refusedWith(t, await connect(device.serial, credentialOf(device, { timestamp: clockMs / 1000 })), 'untrusted_certificate', device.serial)
+})
+
 t.test('check 6: the subject CN equals the serial → cn_mismatch (4)', async (t) => {
   const { connect } = setup()
   const identity = await pki.device(uniqueSerial())

@@ -49,6 +49,8 @@ export interface ShepherdServer {
   /** Resolves when pending presence updates are written (tests). */
   settled (): Promise<void>
   revokeDevice (serial: string): Promise<{ found: boolean }>
+  /** The server's figures in Prometheus text format (served on /metrics by the REST API). */
+  metrics (): Promise<string>
 }
 
 const PRE_AUTH_PACKET_BYTES = MAX_PASSWORD_BYTES + 4096 // the CONNECT: password plus ids, will, header
@@ -170,7 +172,8 @@ export async function createServer (config: Config, options: ServerOptions = {})
         return closing
       },
       settled: () => presence.settled(),
-      revokeDevice: (serial) => registry.setRevoked(serial, true)
+      revokeDevice: (serial) => registry.setRevoked(serial, true),
+      metrics: () => telemetry.registry.metrics()
     }
   } catch (error) {
     await closeAll()

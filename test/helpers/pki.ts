@@ -7,6 +7,7 @@ import type { DeviceIdentity } from '../../src/device-client/device-client.js'
 export interface TestPki {
   ca: Issuer
   caPem: string
+  caKeyPem: string
   /** A device identity signed by the Fleet CA. */
   device (serial: string, options?: { days?: number, notBefore?: Date }): Promise<DeviceIdentity>
   /** A device identity signed by an intermediate CA that the Fleet CA signed; the chain is attached. */
@@ -19,6 +20,7 @@ export async function createTestPki (): Promise<TestPki> {
   return {
     ca,
     caPem: fleet.certificate.toString('pem'),
+    caKeyPem: fleet.keyPem,
     device: async (serial, options) => await makeIdentity(ca, serial, options),
     async deviceViaIntermediate (serial) {
       const intermediate = await issueCertificate(ca, { commonName: 'Fleet Intermediate', intermediateCa: true, days: 365 })

@@ -13,37 +13,7 @@ import { createFleetCa, issueCertificate } from '../../src/certs/pki.js'
 import { devicePassword, type DeviceIdentity } from '../../src/device-client/device-client.js'
 import { makeIdentity } from '../../src/device-client/fleet.js'
 import { createTestPki, uniqueSerial } from '../helpers/pki.js'
-
-const P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551n
-
-function bigintBytes (value: bigint, width?: number): Buffer {
-  let hex = value.toString(16)
-  if (width !== undefined) hex = hex.padStart(width * 2, '0')
-  else if (hex.length % 2 === 1) hex = `0${hex}`
-  return Buffer.from(hex, 'hex')
-}
-
-function derInteger (value: bigint): Buffer {
-  let bytes = bigintBytes(value)
-  if ((bytes[0]! & 0x80) !== 0) bytes = Buffer.concat([Buffer.from([0]), bytes])
-  return Buffer.concat([Buffer.from([0x02, bytes.length]), bytes])
-}
-
-/** (r, s) → (r, n − s): another valid ECDSA signature of the same message, DER or P1363 as given. */
-function malleate (signature: Buffer): Buffer {
-  if (signature.length === 64) {
-    const s = BigInt(`0x${signature.subarray(32).toString('hex')}`)
-    return Buffer.concat([signature.subarray(0, 32), bigintBytes(P256_N - s, 32)])
-  }
-  if (signature[0] !== 0x30 || signature[2] !== 0x02) throw new Error('not a DER ECDSA signature')
-  const rLength = signature[3]!
-  const r = BigInt(`0x${signature.subarray(4, 4 + rLength).toString('hex')}`)
-  const sAt = 4 + rLength
-  if (signature[sAt] !== 0x02) throw new Error('not a DER ECDSA signature')
-  const s = BigInt(`0x${signature.subarray(sAt + 2, sAt + 2 + signature[sAt + 1]!).toString('hex')}`)
-  const body = Buffer.concat([derInteger(r), derInteger(P256_N - s)])
-  return Buffer.concat([Buffer.from([0x30, body.length]), body])
-}
+import { malleate } from '../helpers/signatures.js'
 
 type Credential = Record<string, unknown>
 

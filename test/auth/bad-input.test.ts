@@ -4,12 +4,12 @@
 // cut off, and the server keeps serving good devices; no promise rejection goes unhandled.
 import t, { type Test } from 'tap'
 import net from 'node:net'
-import mqtt from 'mqtt'
 import WebSocket from 'ws'
 import { MAX_PASSWORD_BYTES } from '../../src/auth/device-authenticator.js'
 import { devicePassword, type DeviceIdentity } from '../../src/device-client/device-client.js'
 import { startTestServer, eventually, type TestServer } from '../helpers/server.js'
 import { uniqueSerial } from '../helpers/pki.js'
+import { asDevice, connackCode, credentialOf, expectRefusal, type Credential } from '../helpers/connect.js'
 
 const unhandled: unknown[] = []
 process.on('unhandledRejection', (reason) => {
@@ -18,55 +18,6 @@ process.on('unhandledRejection', (reason) => {
 })
 
 // ---- helpers ----
-
-interface RawConnect {
-  clientId: string
-  username?: string
-  password?: string | Buffer
-}
-
-type Outcome = number | 'closed' | `error: ${string}`
-
-/** Connects with exactly these CONNECT fields (mqtt.js, MQTT 3.1.1, no reconnect); answers the return code. */
-async function connackCode (url: string, connect: RawConnect): Promise<Outcome> {
-  const client = mqtt.connect(url, {
-    clientId: connect.clientId,
-    username: connect.username,
-    password: connect.password as string | undefined, // mqtt.js sends a Buffer password as is
-    protocolVersion: 4,
-    clean: true,
-    reconnectPeriod: 0,
-    connectTimeout: 5000
-  })
-  return await new Promise<Outcome>((resolve) => {
-    client.once('connect', () => { resolve(0); client.end(true) })
-    client.once('error', (error: Error & { code?: unknown }) => {
-      // mqtt 5.x: a refused CONNACK is an ErrorWithReasonCode whose `code` is the return code
-      client.end(true)
-      resolve(typeof error.code === 'number' ? error.code : `error: ${error.message}`)
-    })
-    client.once('close', () => { resolve('closed') })
-  })
-}
-
-type Credential = Record<string, unknown>
-const credentialOf = (identity: DeviceIdentity): Credential => JSON.parse(devicePassword(identity)) as Credential
-const asDevice = (serial: string, password: Credential | string | Buffer): RawConnect =>
-  ({ clientId: serial, username: serial, password: typeof password === 'object' && !Buffer.isBuffer(password) ? JSON.stringify(password) : password })
-
-const REFUSED = 'device connection refused'
-
-async function expectRefusal (t: Test, ts: TestServer, url: string, connect: RawConnect, code: number, reason: string, loggedSerial: string): Promise<void> {
-  const mark = ts.logs.length
-  t.equal(await connackCode(url, connect), code, `CONNACK return code ${code} (${reason})`)
-  const lines = await eventually(() => {
-    const found = ts.logs.slice(mark).filter(line => line.msg === REFUSED)
-    return found.length > 0 ? found : undefined
-  }, 2000, `a '${REFUSED}' log line`).catch(() => [] as Array<Record<string, unknown>>)
-  t.equal(lines.length, 1, 'one refusal logged')
-  t.equal(lines[0]?.reason, reason, `logged reason ${reason}`)
-  t.equal(lines[0]?.serial, loggedSerial, 'logged serial')
-}
 
 /** A good device still connects over both transports. */
 async function assertStillServing (t: Test, ts: TestServer): Promise<void> {

@@ -2,11 +2,6 @@
 // success, 1 on a failure the message explains, 2 on bad usage (with the help text).
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { CommandError, ConfigError, StartupError, UsageError } from '../errors.js'
-import { genCa, genDeviceCert } from './certs.js'
-import { migrate } from './migrate.js'
-import { revoke } from './revoke.js'
-import { simulate } from './simulate.js'
-import { start } from './start.js'
 
 export const HELP = `Usage: shepherd <command> [options]
 
@@ -42,8 +37,16 @@ export function parseCommand<O extends Options> (args: string[], options: O, pos
   }
 }
 
-const COMMANDS: Record<string, (args: string[], output: Output) => Promise<void>> = {
-  start, migrate, 'gen-ca': genCa, 'gen-device-cert': genDeviceCert, revoke, simulate
+type Command = (args: string[], output: Output) => Promise<void>
+
+// Loaded on demand: `revoke` or `gen-ca` should not pay for loading the whole server.
+const COMMANDS: Record<string, () => Promise<Command>> = {
+  start: async () => (await import('./start.js')).start,
+  migrate: async () => (await import('./migrate.js')).migrate,
+  'gen-ca': async () => (await import('./certs.js')).genCa,
+  'gen-device-cert': async () => (await import('./certs.js')).genDeviceCert,
+  revoke: async () => (await import('./revoke.js')).revoke,
+  simulate: async () => (await import('./simulate.js')).simulate
 }
 
 export async function runCli (argv: string[], output: Output = { out: line => { process.stdout.write(line + '\n') }, err: line => { process.stderr.write(line + '\n') } }): Promise<number> {
@@ -52,10 +55,10 @@ export async function runCli (argv: string[], output: Output = { out: line => { 
     output.out(HELP)
     return name === undefined ? 2 : 0
   }
-  const command = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined
+  const load = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined
   try {
-    if (command === undefined) throw new UsageError(`unknown command ${JSON.stringify(name)}`)
-    await command(args, output)
+    if (load === undefined) throw new UsageError(`unknown command ${JSON.stringify(name)}`)
+    await (await load())(args, output)
     return 0
   } catch (error) {
     if (error instanceof UsageError) {

@@ -111,10 +111,13 @@ export async function connectDevice (options: DeviceClientOptions): Promise<Devi
     close: async () => { await client.endAsync() }
   }
 
+  if (options.info !== undefined) {
+    const info = options.info
+    client.on('connect', () => { void device.publishInfo(info).catch(() => {}) })
+  }
   if (options.answerCommands !== false) {
     client.on('connect', () => {
       client.subscribe([deviceTopic(serial, 'commands'), deviceTopic(serial, 'firmware'), deviceTopic(serial, 'errors')], { qos: 1 })
-      if (options.info !== undefined) void device.publishInfo(options.info).catch(() => {})
     })
     client.on('message', (topic, payload) => {
       if (topic !== deviceTopic(serial, 'commands')) return

@@ -26,8 +26,22 @@ export function createDeviceRegistry (deps: { repo: DeviceRepository, announcer:
     }
   }
 
+  // Info messages of one device are applied one after another, in the order they arrived: on
+  // PostgreSQL concurrent UPDATEs run on different pool connections and could commit out of
+  // order, leaving an older info in the row.
+  const infoQueues = new Map<string, Promise<unknown>>()
+
   /** Applies an `info` payload: firmware fields go to their columns, other keys merge into metadata. */
-  async function recordInfo (serial: string, payload: Buffer): Promise<InfoResult> {
+  function recordInfo (serial: string, payload: Buffer): Promise<InfoResult> {
+    const previous = infoQueues.get(serial) ?? Promise.resolve()
+    const result = previous.then(() => applyInfo(serial, payload))
+    const tail = result.catch(() => {})
+    infoQueues.set(serial, tail)
+    void tail.then(() => { if (infoQueues.get(serial) === tail) infoQueues.delete(serial) })
+    return result
+  }
+
+  async function applyInfo (serial: string, payload: Buffer): Promise<InfoResult> {
     let info: unknown
     try {
       info = JSON.parse(payload.toString('utf8'))

@@ -62,6 +62,8 @@ function authError (verdict: Extract<Verdict, { ok: false }>): AuthenticateError
 export function createDeviceGateway (deps: DeviceGatewayDeps) {
   const { authenticator, registry, presence, publish, logger, stats } = deps
   const sessions = new WeakMap<Client, DeviceSession>()
+  /** The latest accepted connection per serial, until it is ready (a takeover in progress). */
+  const takers = new Map<string, Client>()
   let aedes: Aedes | undefined
 
   function reportRejection (serial: string, topic: string, reason: string): void {
@@ -95,11 +97,10 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
           done(authError(verdict), false)
           return
         }
-        const previous = clientsOf(aedes)[verdict.serial]
-        if (previous !== undefined) {
-          const previousSession = sessions.get(previous)
-          if (previousSession !== undefined) previousSession.closeReason = 'taken_over'
-        }
+        // Not yet a takeover: this client may still go away before Aedes registers it (and only
+        // then closes the previous connection). The previous connection's disconnect decides.
+        takers.set(verdict.serial, client)
+        client.conn.once('close', () => { if (takers.get(verdict.serial) === client) takers.delete(verdict.serial) })
         const rejectedWillTopic = (client as { shepherdRejectedWill?: string }).shepherdRejectedWill
         sessions.set(client, { serial: verdict.serial, connectionId: crypto.randomUUID(), rejectedWillTopic })
         stats.connectAccepted()
@@ -150,7 +151,11 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
 
   function closeReasonOf (client: Client, session: DeviceSession): DisconnectReason {
     if (session.closeReason !== undefined) return session.closeReason
-    return (client as AedesClientInternals)._disconnected === true ? 'clean' : 'lost'
+    if ((client as AedesClientInternals)._disconnected === true) return 'clean'
+    // closed by Aedes for a newer accepted connection of the same device that is still there
+    const taker = takers.get(session.serial)
+    if (taker !== undefined && taker !== client && !taker.closed) return 'taken_over'
+    return 'lost'
   }
 
   /** Subscribes to the broker's own messages before it listens (takeovers from other nodes). */
@@ -164,20 +169,38 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
     })
   }
 
+  function reportRejectedWill (session: DeviceSession): void {
+    const topic = session.rejectedWillTopic
+    if (topic === undefined) return
+    session.rejectedWillTopic = undefined
+    reportRejection(session.serial, topic, 'a will may only be set on the device\'s own status topic; it was dropped')
+  }
+
   function attach (broker: Aedes): void {
     aedes = broker
     broker.on('clientReady', (client) => {
       const session = sessions.get(client)
       if (session === undefined) return
+      if (takers.get(session.serial) === client) takers.delete(session.serial)
       void presence.deviceConnected(session.serial, session.connectionId)
-      if (session.rejectedWillTopic !== undefined) {
-        reportRejection(session.serial, session.rejectedWillTopic, 'a will may only be set on the device\'s own status topic; it was dropped')
-      }
+      // The report goes out (QoS 0, not retained) once the device listens on its errors topic: a
+      // clean session cannot have subscribed before its CONNACK, a restored one already has.
+      const restored = (client as { subscriptions?: Record<string, unknown> }).subscriptions ?? {}
+      if (Object.hasOwn(restored, deviceTopic(session.serial, 'errors'))) reportRejectedWill(session)
+    })
+    broker.on('subscribe', (subscriptions, client) => {
+      const session = sessions.get(client)
+      if (session?.rejectedWillTopic === undefined) return
+      const errorsTopic = deviceTopic(session.serial, 'errors')
+      // a refused filter comes with qos 128
+      if (subscriptions.some(s => s.topic === errorsTopic && (s.qos as number) !== 128)) reportRejectedWill(session)
     })
     broker.on('clientDisconnect', (client) => {
       const session = sessions.get(client)
       if (session === undefined) return
       const reason = closeReasonOf(client, session)
+      const taker = takers.get(session.serial)
+      if (taker === client || taker?.closed === true) takers.delete(session.serial)
       logger.info({ serial: session.serial, reason }, 'device disconnected')
       void presence.deviceDisconnected(session.serial, session.connectionId, reason)
     })

@@ -65,8 +65,8 @@ export function createPresence (deps: PresenceDeps) {
     })
   }
 
-  async function markOffline (serials: readonly string[], reason: DisconnectReason): Promise<void> {
-    const at = now()
+  /** Publishes offline for rows already marked offline at `at` (the same time as the row's). */
+  async function markOffline (serials: readonly string[], reason: DisconnectReason, at: Date): Promise<void> {
     await Promise.all(serials.map(serial => inOrder(serial, async () => {
       await publishStatus(serial, 'offline', at, reason)
       deps.events?.offline?.(serial, reason)
@@ -75,17 +75,19 @@ export function createPresence (deps: PresenceDeps) {
 
   /** Marks offline the devices held by nodes that are no longer alive (reason `lost`). */
   async function sweepDeadNodes (liveNodeIds: readonly string[]): Promise<number> {
-    const serials = await repo.sweepOffline([nodeId, ...liveNodeIds], 'lost', now())
+    const at = now()
+    const serials = await repo.sweepOffline([nodeId, ...liveNodeIds], 'lost', at)
     if (serials.length > 0) logger.info({ count: serials.length }, 'swept devices left online by a node that is gone')
-    await markOffline(serials, 'lost')
+    await markOffline(serials, 'lost', at)
     return serials.length
   }
 
   /** On shutdown: every device held by this node goes offline with reason `server_shutdown`. */
   async function shutdown (): Promise<number> {
     await Promise.all(queues.values())
-    const serials = await repo.markNodeOffline(nodeId, 'server_shutdown', now())
-    await markOffline(serials, 'server_shutdown')
+    const at = now()
+    const serials = await repo.markNodeOffline(nodeId, 'server_shutdown', at)
+    await markOffline(serials, 'server_shutdown', at)
     return serials.length
   }
 

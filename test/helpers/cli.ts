@@ -11,9 +11,7 @@ export async function runShepherd (args: string[], options: { cwd?: string, env?
   const env: Record<string, string | undefined> = { PATH: process.env.PATH, HOME: process.env.HOME, LOG_LEVEL: 'warn', ...options.env }
   for (const key of Object.keys(env)) if (env[key] === undefined) delete env[key]
   return await new Promise((resolve) => {
-    // tap's process-info hook injects NODE_OPTIONS into children; it cannot load the extensionless
-    // ESM bin, so the CLI runs without it (`env -u`)
-    execFile('/usr/bin/env', ['-u', 'NODE_OPTIONS', process.execPath, SHEPHERD_BIN, ...args], { cwd: options.cwd, env, timeout: 60_000 }, (error, stdout, stderr) => {
+    execFile(process.execPath, [SHEPHERD_BIN, ...args], { cwd: options.cwd, env, timeout: 60_000 }, (error, stdout, stderr) => {
       const code = error === null ? 0 : typeof error.code === 'number' ? error.code : 1
       resolve({ code, stdout, stderr })
     })

@@ -61,7 +61,7 @@ t.test('shepherd start serves until SIGTERM, then exits 0', async (t) => {
   const { spawn } = await import('node:child_process')
   const { SHEPHERD_BIN } = await import('../helpers/cli.js')
   const dir = await mkdtemp(path.join(tmpdir(), 'shepherd-start-'))
-  const child = spawn('/usr/bin/env', ['-u', 'NODE_OPTIONS', process.execPath, SHEPHERD_BIN, 'start'], {
+  const child = spawn(process.execPath, [SHEPHERD_BIN, 'start'], {
     cwd: dir, env: { PATH: process.env.PATH, HOST: '127.0.0.1', PORT: '0', MQTT_PORT: '0', LOG_LEVEL: 'info' }
   })
   let output = ''

@@ -4,6 +4,7 @@
 import type { DeviceAdmission } from '../auth/device-authenticator.js'
 import type { Logger } from '../logger.js'
 import type { DeviceRepository, FirmwareInfo } from './types.js'
+import { createKeyedQueue } from '../keyed-queue.js'
 
 /** Tells every Shepherd node (this one included) that a device was revoked. */
 export interface RevocationAnnouncer {
@@ -29,16 +30,11 @@ export function createDeviceRegistry (deps: { repo: DeviceRepository, announcer:
   // Info messages of one device are applied one after another, in the order they arrived: on
   // PostgreSQL concurrent UPDATEs run on different pool connections and could commit out of
   // order, leaving an older info in the row.
-  const infoQueues = new Map<string, Promise<unknown>>()
+  const infoQueue = createKeyedQueue()
 
   /** Applies an `info` payload: firmware fields go to their columns, other keys merge into metadata. */
   function recordInfo (serial: string, payload: Buffer): Promise<InfoResult> {
-    const previous = infoQueues.get(serial) ?? Promise.resolve()
-    const result = previous.then(() => applyInfo(serial, payload))
-    const tail = result.catch(() => {})
-    infoQueues.set(serial, tail)
-    void tail.then(() => { if (infoQueues.get(serial) === tail) infoQueues.delete(serial) })
-    return result
+    return infoQueue.run(serial, () => applyInfo(serial, payload))
   }
 
   async function applyInfo (serial: string, payload: Buffer): Promise<InfoResult> {

@@ -6,6 +6,7 @@ import type { Logger } from '../logger.js'
 import type { Publish } from '../ports.js'
 import { deviceTopic } from '../topics.js'
 import type { DeviceRepository, DisconnectReason } from '../devices/types.js'
+import { createKeyedQueue } from '../keyed-queue.js'
 
 export interface PresenceEvents {
   online (serial: string): void
@@ -28,17 +29,13 @@ export function statusPayload (status: 'online' | 'offline', at: Date, reason?: 
 export function createPresence (deps: PresenceDeps) {
   const { repo, publish, nodeId, logger } = deps
   const now = deps.now ?? (() => new Date())
-  const queues = new Map<string, Promise<void>>()
+  const queue = createKeyedQueue()
 
   /** Runs `task` after every earlier task of the same device; failures are logged, never thrown. */
   function inOrder (serial: string, task: () => Promise<void>): Promise<void> {
-    const previous = queues.get(serial) ?? Promise.resolve()
-    const next = previous.then(task).catch((error: unknown) => {
+    return queue.run(serial, task).catch((error: unknown) => {
       logger.error({ serial, err: error }, 'presence update failed')
     })
-    queues.set(serial, next)
-    void next.then(() => { if (queues.get(serial) === next) queues.delete(serial) })
-    return next
   }
 
   async function publishStatus (serial: string, status: 'online' | 'offline', at: Date, reason?: DisconnectReason): Promise<void> {
@@ -84,19 +81,14 @@ export function createPresence (deps: PresenceDeps) {
 
   /** On shutdown: every device held by this node goes offline with reason `server_shutdown`. */
   async function shutdown (): Promise<number> {
-    await Promise.all(queues.values())
+    await queue.idle()
     const at = now()
     const serials = await repo.markNodeOffline(nodeId, 'server_shutdown', at)
     await markOffline(serials, 'server_shutdown', at)
     return serials.length
   }
 
-  /** Resolves when every queued presence update has been applied. */
-  async function settled (): Promise<void> {
-    while (queues.size > 0) await Promise.all(queues.values())
-  }
-
-  return { deviceConnected, deviceDisconnected, sweepDeadNodes, shutdown, settled }
+  return { deviceConnected, deviceDisconnected, sweepDeadNodes, shutdown, settled: queue.idle }
 }
 
 export type Presence = ReturnType<typeof createPresence>

@@ -146,7 +146,7 @@ export async function createServer (config: Config, options: ServerOptions = {})
       const count = await presence.shutdown()
       logger.info({ devices: count }, 'devices marked offline (server_shutdown)')
       await startedBroker.close()
-      await Promise.all([httpClosed, tcpClosed])
+      await Promise.all([httpClosed, tcpClosed, presence.settled()])
       await closeAll()
     }
 

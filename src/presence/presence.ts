@@ -30,6 +30,9 @@ export function createPresence (deps: PresenceDeps) {
   const { repo, publish, nodeId, logger } = deps
   const now = deps.now ?? (() => new Date())
   const queue = createKeyedQueue()
+  // Once shutdown has marked this node's devices offline, the disconnects that closing the broker
+  // causes have nothing left to record (and must not race the database closing).
+  let shuttingDown = false
 
   /** Runs `task` after every earlier task of the same device; failures are logged, never thrown. */
   function inOrder (serial: string, task: () => Promise<void>): Promise<void> {
@@ -43,6 +46,7 @@ export function createPresence (deps: PresenceDeps) {
   }
 
   function deviceConnected (serial: string, connectionId: string): Promise<void> {
+    if (shuttingDown) return Promise.resolve()
     return inOrder(serial, async () => {
       const at = now()
       await repo.markOnline(serial, { nodeId, connectionId, at })
@@ -52,6 +56,7 @@ export function createPresence (deps: PresenceDeps) {
   }
 
   function deviceDisconnected (serial: string, connectionId: string, reason: DisconnectReason): Promise<void> {
+    if (shuttingDown) return Promise.resolve()
     return inOrder(serial, async () => {
       const at = now()
       // Only the connection that still holds the device may mark it offline: after a takeover on
@@ -81,6 +86,7 @@ export function createPresence (deps: PresenceDeps) {
 
   /** On shutdown: every device held by this node goes offline with reason `server_shutdown`. */
   async function shutdown (): Promise<number> {
+    shuttingDown = true
     await queue.idle()
     const at = now()
     const serials = await repo.markNodeOffline(nodeId, 'server_shutdown', at)

@@ -2,6 +2,7 @@
 // on PGlite.
 import type { Knex } from 'knex'
 import type { Device, DeviceRepository, DisconnectReason } from '../../devices/types.js'
+import { createBatcher } from '../../batcher.js'
 
 export function createDeviceRepository (knex: Knex): DeviceRepository {
   const devices = () => knex<Device>('devices')
@@ -10,26 +11,62 @@ export function createDeviceRepository (knex: Knex): DeviceRepository {
     node_id: null, connection_id: null, updated_at: at
   })
 
+  // The statements of every connect and disconnect are batched: in a reconnect storm one
+  // statement serves hundreds of devices instead of one round trip (or one PGlite call) each.
+  // Presence never queues two updates of one device at once, so a batch holds a serial once.
+
+  const registerCertificate = createBatcher(async (items: Array<{ serial: string, fingerprint: string, notAfter: Date }>) => {
+    const serials = [...new Set(items.map(item => item.serial))]
+    const known = new Map((await devices().whereIn('serial', serials).select('serial', 'revoked', 'cert_fingerprint'))
+      .map(row => [row.serial, row]))
+    const unknown = items.filter(item => !known.has(item.serial))
+    const created = new Set<string>()
+    if (unknown.length > 0) {
+      const inserted = await devices()
+        .insert([...new Map(unknown.map(item => [item.serial, { serial: item.serial, cert_fingerprint: item.fingerprint, cert_not_after: item.notAfter }])).values()])
+        .onConflict('serial').ignore()
+        .returning('serial')
+      for (const row of inserted) created.add(row.serial)
+      const raced = unknown.map(item => item.serial).filter(serial => !created.has(serial)) // inserted meanwhile by another node
+      if (raced.length > 0) {
+        for (const row of await devices().whereIn('serial', raced).select('serial', 'revoked', 'cert_fingerprint')) known.set(row.serial, row)
+      }
+    }
+    for (const item of items) {
+      const row = known.get(item.serial)
+      if (row !== undefined && !row.revoked && row.cert_fingerprint !== item.fingerprint) { // a renewed certificate
+        await devices().where({ serial: item.serial }).update({ cert_fingerprint: item.fingerprint, cert_not_after: item.notAfter, updated_at: new Date() })
+        row.cert_fingerprint = item.fingerprint
+      }
+    }
+    return items.map(item => ({ revoked: known.get(item.serial)?.revoked ?? false, created: created.has(item.serial) }))
+  })
+
+  const markOnline = createBatcher(async (items: Array<{ serial: string, nodeId: string, connectionId: string, at: Date }>) => {
+    await knex.raw(`UPDATE devices AS d SET status = 'online', connected_at = v.at, last_seen_at = v.at, disconnect_reason = NULL,
+        node_id = v.node_id, connection_id = v.connection_id, updated_at = v.at
+      FROM (VALUES ${items.map(() => '(?, ?, ?::uuid, ?::timestamptz)').join(', ')}) AS v (serial, node_id, connection_id, at)
+      WHERE d.serial = v.serial`, items.flatMap(item => [item.serial, item.nodeId, item.connectionId, item.at]))
+    return items.map(() => undefined)
+  })
+
+  const markOffline = createBatcher(async (items: Array<{ serial: string, connectionId: string, reason: DisconnectReason, at: Date }>) => {
+    // only the connection that still holds the device may mark it offline
+    const result = await knex.raw(`UPDATE devices AS d SET status = 'offline', disconnect_reason = v.reason, disconnected_at = v.at,
+        last_seen_at = v.at, node_id = NULL, connection_id = NULL, updated_at = v.at
+      FROM (VALUES ${items.map(() => '(?, ?::uuid, ?, ?::timestamptz)').join(', ')}) AS v (serial, connection_id, reason, at)
+      WHERE d.serial = v.serial AND d.connection_id = v.connection_id
+      RETURNING d.serial`, items.flatMap(item => [item.serial, item.connectionId, item.reason, item.at])) as { rows: Array<{ serial: string }> }
+    const marked = new Set(result.rows.map(row => row.serial))
+    return items.map(item => marked.has(item.serial))
+  })
+
   return {
     async find (serial) {
       return await devices().where({ serial }).first()
     },
 
-    async registerCertificate (serial, fingerprint, notAfter) {
-      const existing = await devices().where({ serial }).first('revoked', 'cert_fingerprint')
-      if (existing === undefined) {
-        const inserted = await devices()
-          .insert({ serial, cert_fingerprint: fingerprint, cert_not_after: notAfter })
-          .onConflict('serial').ignore()
-          .returning('revoked')
-        if (inserted.length > 0) return { revoked: false, created: true }
-        return await this.registerCertificate(serial, fingerprint, notAfter) // lost a race with another connect
-      }
-      if (!existing.revoked && existing.cert_fingerprint !== fingerprint) {
-        await devices().where({ serial }).update({ cert_fingerprint: fingerprint, cert_not_after: notAfter, updated_at: new Date() })
-      }
-      return { revoked: existing.revoked, created: false }
-    },
+    registerCertificate: (serial, fingerprint, notAfter) => registerCertificate({ serial, fingerprint, notAfter }),
 
     async setRevoked (serial, revoked) {
       return await devices().where({ serial }).update({ revoked, updated_at: new Date() }) > 0
@@ -43,16 +80,9 @@ export function createDeviceRepository (knex: Knex): DeviceRepository {
       } as Record<string, unknown>)
     },
 
-    async markOnline (serial, { nodeId, connectionId, at }) {
-      await devices().where({ serial }).update({
-        status: 'online', connected_at: at, last_seen_at: at, disconnect_reason: null,
-        node_id: nodeId, connection_id: connectionId, updated_at: at
-      })
-    },
+    markOnline: (serial, { nodeId, connectionId, at }) => markOnline({ serial, nodeId, connectionId, at }),
 
-    async markOffline (serial, connectionId, reason, at) {
-      return await devices().where({ serial, connection_id: connectionId }).update(offline(reason, at)) > 0
-    },
+    markOffline: (serial, connectionId, reason, at) => markOffline({ serial, connectionId, reason, at }),
 
     async sweepOffline (liveNodeIds, reason, at) {
       const rows = await devices()

@@ -8,6 +8,7 @@
 import mqtt, { type MqttClient } from 'mqtt'
 import { connectDevice, deviceWill, devicePassword, type DeviceIdentity } from '../../src/device-client/device-client.js'
 import { deviceTopic } from '../../src/topics.js'
+import { forEachConcurrently } from '../../src/device-client/fleet.js'
 
 const KEEPALIVE_SECONDS = 30
 const CONNECT_TIMEOUT_MS = 10_000
@@ -95,22 +96,17 @@ export async function connectAll (
   identities: readonly DeviceIdentity[], concurrency: number, connect: Connector, onProgress?: (done: number) => void
 ): Promise<LoadResult> {
   const result: LoadResult = { sessions: [], latenciesMs: [], refusals: [], sessionFailures: [] }
-  let next = 0
-  const worker = async (): Promise<void> => {
-    while (next < identities.length) {
-      const identity = identities[next++]!
-      const begun = performance.now()
-      try {
-        const session = await connect(identity)
-        result.latenciesMs.push(performance.now() - begun)
-        result.sessions.push(session)
-      } catch (error) {
-        result.refusals.push(error as Error)
-      }
-      onProgress?.(result.sessions.length + result.refusals.length)
+  await forEachConcurrently(identities, concurrency, async (identity) => {
+    const begun = performance.now()
+    try {
+      const session = await connect(identity)
+      result.latenciesMs.push(performance.now() - begun)
+      result.sessions.push(session)
+    } catch (error) {
+      result.refusals.push(error as Error)
     }
-  }
-  await Promise.all(Array.from({ length: Math.min(concurrency, identities.length) }, worker))
+    onProgress?.(result.sessions.length + result.refusals.length)
+  })
   for (const outcome of await Promise.allSettled(result.sessions.map(session => session.done))) {
     if (outcome.status === 'rejected') result.sessionFailures.push(outcome.reason as Error)
   }

@@ -8,6 +8,15 @@ export async function makeIdentity (ca: Issuer, serial: string, options: { days?
   return { serial, certDer: Buffer.from(issued.certificate.rawData), privateKey: issued.keyPem }
 }
 
+/** Runs `task` over `items` with at most `concurrency` of them in flight. */
+export async function forEachConcurrently<T> (items: readonly T[], concurrency: number, task: (item: T) => Promise<void>): Promise<void> {
+  let next = 0
+  const worker = async (): Promise<void> => {
+    while (next < items.length) await task(items[next++]!)
+  }
+  await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, worker))
+}
+
 export interface FleetProgress { connected: number, refused: number, total: number }
 
 export interface ConnectFleetResult {
@@ -24,21 +33,16 @@ export async function connectFleet (
 ): Promise<ConnectFleetResult> {
   const result: ConnectFleetResult = { devices: [], refusals: [], latenciesMs: [], elapsedMs: 0 }
   const started = performance.now()
-  let next = 0
-  const worker = async (): Promise<void> => {
-    while (next < identities.length) {
-      const identity = identities[next++]!
-      const begun = performance.now()
-      try {
-        result.devices.push(await connectDevice({ ...options, identity }))
-        result.latenciesMs.push(performance.now() - begun)
-      } catch (error) {
-        result.refusals.push({ serial: identity.serial, error: error as Error })
-      }
-      options.onProgress?.({ connected: result.devices.length, refused: result.refusals.length, total: identities.length })
+  await forEachConcurrently(identities, options.concurrency ?? 50, async (identity) => {
+    const begun = performance.now()
+    try {
+      result.devices.push(await connectDevice({ ...options, identity }))
+      result.latenciesMs.push(performance.now() - begun)
+    } catch (error) {
+      result.refusals.push({ serial: identity.serial, error: error as Error })
     }
-  }
-  await Promise.all(Array.from({ length: Math.min(options.concurrency ?? 50, identities.length) }, worker))
+    options.onProgress?.({ connected: result.devices.length, refused: result.refusals.length, total: identities.length })
+  })
   result.elapsedMs = performance.now() - started
   return result
 }

@@ -111,6 +111,7 @@ export async function createServer (config: Config, options: ServerOptions = {})
       heartbeatIntervalMs: options.heartbeatIntervalMs
     }, gateway.hooks, gateway.beforeListen, gateway.isAuthenticated)
     const startedBroker = broker
+    cleanups.push(() => startedBroker.close())
     gateway.attach(startedBroker.aedes)
     startedBroker.aedes.on('clientError', (client, error) => { logger.debug({ clientId: client.id, err: error }, 'mqtt client error') })
     startedBroker.aedes.on('connectionError', (_client, error) => { logger.debug({ err: error }, 'mqtt connection error before CONNECT') })

@@ -87,6 +87,7 @@ export async function createBroker (settings: BrokerSettings, hooks: BrokerHooks
     })
   }
 
+  let closing: Promise<void> | undefined
   return {
     aedes,
     id,
@@ -102,11 +103,14 @@ export async function createBroker (settings: BrokerSettings, hooks: BrokerHooks
       const cutoff = Date.now() - 3 * heartbeatIntervalMs
       return Object.entries(aedes.brokers).filter(([, seen]) => seen >= cutoff).map(([brokerId]) => brokerId)
     },
-    async close () {
-      await new Promise<void>(resolve => { aedes.close(() => resolve()) })
-      const destroy = (persistence as { destroy?: () => Promise<void> }).destroy
-      if (typeof destroy === 'function') await destroy.call(persistence).catch(() => {})
-      if (redis !== undefined && redis.status !== 'end') await redis.quit().catch(() => {})
+    close () {
+      closing ??= (async () => {
+        await new Promise<void>(resolve => { aedes.close(() => resolve()) })
+        const destroy = (persistence as { destroy?: () => Promise<void> }).destroy
+        if (typeof destroy === 'function') await destroy.call(persistence)
+        if (redis !== undefined && redis.status !== 'end') await redis.quit()
+      })()
+      return closing
     }
   }
 }

@@ -60,7 +60,7 @@ function isLoopback (host: string): boolean {
 }
 
 export async function createServer (config: Config, options: ServerOptions = {}): Promise<ShepherdServer> {
-  const logger = options.logger ?? createLogger(config.logLevel)
+  const logger = (options.logger ?? createLogger(config.logLevel)).child({ node: config.nodeName })
   await mkdir(config.dataDir, { recursive: true })
   const tls = config.tlsCertPath !== undefined && config.tlsKeyPath !== undefined
     ? { cert: await readFile(config.tlsCertPath), key: await readFile(config.tlsKeyPath) }

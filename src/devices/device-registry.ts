@@ -69,7 +69,7 @@ export function createDeviceRegistry (deps: { repo: DeviceRepository, announcer:
     return { found }
   }
 
-  return { admission, recordInfo, setRevoked, find: repo.find, countOnline: repo.countOnline }
+  return { admission, recordInfo, setRevoked, countOnline: repo.countOnline }
 }
 
 export type DeviceRegistry = ReturnType<typeof createDeviceRegistry>

@@ -34,7 +34,6 @@ export interface FirmwareInfo {
 }
 
 export interface DeviceRepository {
-  find (serial: string): Promise<Device | undefined>
   /** Inserts the device unless it exists; updates the certificate fields when they changed. Answers revoked. */
   registerCertificate (serial: string, fingerprint: string, notAfter: Date): Promise<{ revoked: boolean, created: boolean }>
   setRevoked (serial: string, revoked: boolean): Promise<boolean>

@@ -8,17 +8,11 @@ import { deviceTopic } from '../topics.js'
 import type { DeviceRepository, DisconnectReason } from '../devices/types.js'
 import { createKeyedQueue } from '../keyed-queue.js'
 
-export interface PresenceEvents {
-  online (serial: string): void
-  offline (serial: string, reason: DisconnectReason): void
-}
-
 export interface PresenceDeps {
   repo: DeviceRepository
   publish: Publish
   nodeId: string
   logger: Logger
-  events?: Partial<PresenceEvents>
   now?: () => Date
 }
 
@@ -51,7 +45,6 @@ export function createPresence (deps: PresenceDeps) {
       const at = now()
       await repo.markOnline(serial, { nodeId, connectionId, at })
       await publishStatus(serial, 'online', at)
-      deps.events?.online?.(serial)
     })
   }
 
@@ -63,15 +56,13 @@ export function createPresence (deps: PresenceDeps) {
       // another node the row already belongs to the new connection.
       if (!await repo.markOffline(serial, connectionId, reason, at)) return
       await publishStatus(serial, 'offline', at, reason)
-      deps.events?.offline?.(serial, reason)
     })
   }
 
   /** Publishes offline for rows already marked offline at `at` (the same time as the row's). */
-  async function markOffline (serials: readonly string[], reason: DisconnectReason, at: Date): Promise<void> {
+  async function publishOffline (serials: readonly string[], reason: DisconnectReason, at: Date): Promise<void> {
     await Promise.all(serials.map(serial => inOrder(serial, async () => {
       await publishStatus(serial, 'offline', at, reason)
-      deps.events?.offline?.(serial, reason)
     })))
   }
 
@@ -80,7 +71,7 @@ export function createPresence (deps: PresenceDeps) {
     const at = now()
     const serials = await repo.sweepOffline([nodeId, ...liveNodeIds], 'lost', at)
     if (serials.length > 0) logger.info({ count: serials.length }, 'swept devices left online by a node that is gone')
-    await markOffline(serials, 'lost', at)
+    await publishOffline(serials, 'lost', at)
     return serials.length
   }
 
@@ -90,7 +81,7 @@ export function createPresence (deps: PresenceDeps) {
     await queue.idle()
     const at = now()
     const serials = await repo.markNodeOffline(nodeId, 'server_shutdown', at)
-    await markOffline(serials, 'server_shutdown', at)
+    await publishOffline(serials, 'server_shutdown', at)
     return serials.length
   }
 

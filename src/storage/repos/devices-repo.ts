@@ -62,10 +62,6 @@ export function createDeviceRepository (knex: Knex): DeviceRepository {
   })
 
   return {
-    async find (serial) {
-      return await devices().where({ serial }).first()
-    },
-
     registerCertificate: (serial, fingerprint, notAfter) => registerCertificate({ serial, fingerprint, notAfter }),
 
     async setRevoked (serial, revoked) {

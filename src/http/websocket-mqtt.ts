@@ -13,7 +13,8 @@ export async function registerMqttOverWebSocket (app: FastifyInstance, broker: B
       handleProtocols: (protocols) => protocols.has('mqtt') ? 'mqtt' : (protocols.values().next().value ?? false)
     }
   })
-  app.get('/mqtt', { websocket: true }, (socket, request) => {
+  // one connection per device: an info line per upgrade would flood the log at fleet scale
+  app.get('/mqtt', { websocket: true, logLevel: 'warn' }, (socket, request) => {
     const stream = createWebSocketStream(socket)
     stream.on('error', () => { socket.terminate() })
     broker.handleConnection(stream, request.raw)

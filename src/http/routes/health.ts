@@ -7,6 +7,7 @@ export interface HealthDeps {
 
 export function healthRoutes (deps: HealthDeps): FastifyPluginAsync {
   return async (app) => {
-    app.get('/api/health', async () => ({ status: 'ok', online_devices: await deps.countOnlineDevices() }))
+    // polled by load balancers: no request log lines
+    app.get('/api/health', { logLevel: 'warn' }, async () => ({ status: 'ok', online_devices: await deps.countOnlineDevices() }))
   }
 }

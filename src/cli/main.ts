@@ -13,6 +13,7 @@ Commands:
                                           create a device key and certificate signed by the Fleet CA
   revoke SERIAL                           revoke a device (a connected device is disconnected at once)
   simulate --devices N [--url ws://localhost:4000/mqtt] [--ca-dir priv/ca] [--duration SECONDS]
+           [--prefix sim-XXXX] [--metrics-interval 10]
                                           run N simulated devices (certificates made on the fly)
 
 Settings come from the environment (DATABASE_URL, DATA_DIR, PORT, MQTT_PORT, ...; see README).`

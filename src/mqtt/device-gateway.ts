@@ -62,6 +62,8 @@ function authError (verdict: Extract<Verdict, { ok: false }>): AuthenticateError
 export function createDeviceGateway (deps: DeviceGatewayDeps) {
   const { authenticator, registry, presence, publish, logger, stats } = deps
   const sessions = new WeakMap<Client, DeviceSession>()
+  /** CONNECT packets between preConnect and authenticate, to drop the credential once checked. */
+  const connects = new WeakMap<Client, { password?: Buffer }>()
   /** The latest accepted connection per serial, until it is ready (a takeover in progress). */
   const takers = new Map<string, Client>()
   let aedes: Aedes | undefined
@@ -86,11 +88,17 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
           (client as { shepherdRejectedWill?: string }).shepherdRejectedWill = willTopic
         }
       }
+      connects.set(client, packet)
       callback(null, true)
     },
 
     authenticate (client, username, password, done) {
       authenticator.authenticate({ clientId: client.id, username, password }).then((verdict) => {
+        // The parser keeps the CONNECT packet for the connection's life: do not keep the
+        // credential (certificate and signature, ~1.3 KB per device) in it.
+        const connect = connects.get(client)
+        if (connect !== undefined) connect.password = undefined
+        connects.delete(client)
         if (!verdict.ok) {
           stats.connectRefused(verdict.reason)
           logger.warn({ serial: verdict.serial, reason: verdict.reason, detail: verdict.detail, remote: remoteAddress(client) }, 'device connection refused')

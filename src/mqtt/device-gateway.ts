@@ -207,8 +207,6 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
       const session = sessions.get(client)
       if (session === undefined) return
       const reason = closeReasonOf(client, session)
-      const taker = takers.get(session.serial)
-      if (taker === client || taker?.closed === true) takers.delete(session.serial)
       logger.info({ serial: session.serial, reason }, 'device disconnected')
       void presence.deviceDisconnected(session.serial, session.connectionId, reason)
     })

@@ -21,6 +21,11 @@ import { createBroker, type Broker } from './mqtt/broker.js'
 import { createDeviceGateway } from './mqtt/device-gateway.js'
 import { startTcpListener, type TcpListener } from './mqtt/tcp-listener.js'
 import { buildHttpApp } from './http/app.js'
+import { healthRoutes } from './http/routes/health.js'
+import { deviceRoutes } from './http/routes/devices.js'
+import { createApiTokens, type ApiTokens } from './operators/api-tokens.js'
+import { createApiTokenRepository } from './storage/repos/api-tokens-repo.js'
+import { createDeviceAdmin } from './devices/device-admin.js'
 import { listenOn } from './listen.js'
 import { startControlSocket } from './control/control-socket.js'
 import { createTelemetry } from './telemetry.js'
@@ -40,6 +45,7 @@ export interface ShepherdServer {
   readonly broker: Broker
   readonly http: FastifyInstance
   readonly nodeId: string
+  readonly tokens: ApiTokens
   /**
    * Opens the HTTP and MQTT ports (from config, or `ports` — 0 there means an ephemeral port, as
    * tests use; MQTT_PORT=0 in config turns MQTT/TCP off). Answers the ports actually bound.
@@ -125,14 +131,23 @@ export async function createServer (config: Config, options: ServerOptions = {})
     const sweeper = setInterval(sweep, 3 * startedBroker.heartbeatIntervalMs)
     sweeper.unref()
 
+    const tokens = createApiTokens(createApiTokenRepository(db.knex))
+    const devices = createDeviceAdmin({ repo, registry, kicker: revocations, publish })
     const http = await buildHttpApp({
       logger, broker: startedBroker, tls, maxWebSocketPayloadBytes: config.mqttMaxPacketBytes,
-      countOnlineDevices: registry.countOnline
+      tokens,
+      routes: [
+        healthRoutes({ countOnlineDevices: registry.countOnline }),
+        deviceRoutes({ devices })
+      ]
     })
 
     if (db.kind === 'pglite') {
       const control = await startControlSocket(config.dataDir, {
-        revoke: async ({ serial }) => await registry.setRevoked(String(serial), true)
+        revoke: async ({ serial }) => await registry.setRevoked(String(serial), true),
+        'token.create': async ({ name }) => await tokens.create(String(name)),
+        'token.list': async () => await tokens.list(),
+        'token.revoke': async ({ name }) => await tokens.revoke(String(name))
       })
       cleanups.push(() => control.close())
     }
@@ -158,6 +173,7 @@ export async function createServer (config: Config, options: ServerOptions = {})
       broker: startedBroker,
       http,
       nodeId,
+      tokens,
       async listen (ports) {
         await http.ready()
         const httpPort = await listenOn(http.server, ports?.http ?? config.port, config.host, 'PORT')

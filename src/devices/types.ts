@@ -33,7 +33,31 @@ export interface FirmwareInfo {
   firmware_uuid?: string
 }
 
+export interface DeviceFilter {
+  status?: DeviceStatus
+  group_id?: number
+  firmware_version?: string
+  revoked?: boolean
+  /** Substring of the serial or the nickname, case-insensitive. */
+  q?: string
+}
+
+export interface DeviceChanges {
+  nickname?: string | null
+  group_id?: number | null
+  /** Keys to set in metadata, and keys to remove from it. */
+  metadata?: { set: Record<string, unknown>, remove: string[] }
+}
+
+export type UpdateDeviceResult = { ok: true, device: Device } | { ok: false, reason: 'not_found' | 'no_such_group' }
+
 export interface DeviceRepository {
+  /** Devices matching `filter`, ordered by serial, after the serial `after`. */
+  list (filter: DeviceFilter, page: { after?: string, limit: number }): Promise<Device[]>
+  find (serial: string): Promise<Device | undefined>
+  update (serial: string, changes: DeviceChanges): Promise<UpdateDeviceResult>
+  /** Answers false when there was no such device. */
+  remove (serial: string): Promise<boolean>
   /** Inserts the device unless it exists; updates the certificate fields when they changed. Answers revoked. */
   registerCertificate (serial: string, fingerprint: string, notAfter: Date): Promise<{ revoked: boolean, created: boolean }>
   setRevoked (serial: string, revoked: boolean): Promise<boolean>

@@ -1,23 +1,47 @@
-// The Fastify application: REST routes and the MQTT-over-WebSocket endpoint on one port.
-import fastify, { type FastifyInstance } from 'fastify'
+// The Fastify application: the MQTT-over-WebSocket endpoint, the OpenAPI document and docs, and
+// the REST routes behind bearer-token authentication, on one port.
+import { readFileSync } from 'node:fs'
+import fastify, { type FastifyInstance, type FastifyPluginAsync } from 'fastify'
 import type { Logger } from '../logger.js'
 import type { Broker } from '../mqtt/broker.js'
 import { registerMqttOverWebSocket } from './websocket-mqtt.js'
-import { healthRoutes, type HealthDeps } from './routes/health.js'
+import { registerErrorHandling } from './api-errors.js'
+import { registerBearerAuth, type TokenVerifier } from './plugins/auth.js'
+import { registerOpenApi } from './plugins/openapi.js'
 
-export interface HttpAppDeps extends HealthDeps {
+const { version } = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
+
+export interface HttpAppDeps {
   logger: Logger
   broker: Broker
   tls?: { cert: Buffer, key: Buffer }
   maxWebSocketPayloadBytes: number
+  tokens: TokenVerifier
+  /** Route plugins; each route needs a token unless its config says `public: true`. */
+  routes: readonly FastifyPluginAsync[]
+  /** Called when a response is sent (request duration telemetry). */
+  onResponse?: (route: string, method: string, statusCode: number, seconds: number) => void
 }
 
 export async function buildHttpApp (deps: HttpAppDeps): Promise<FastifyInstance> {
   const app = fastify({
     loggerInstance: deps.logger,
+    // unknown fields are refused (400 naming them) rather than silently dropped
+    ajv: { customOptions: { removeAdditional: false } },
     ...(deps.tls === undefined ? {} : { https: { cert: deps.tls.cert, key: deps.tls.key, minVersion: 'TLSv1.2' as const } })
   }) as unknown as FastifyInstance
+  registerErrorHandling(app)
+  if (deps.onResponse !== undefined) {
+    const onResponse = deps.onResponse
+    app.addHook('onResponse', async (request, reply) => {
+      onResponse(request.routeOptions.url ?? 'unmatched', request.method, reply.statusCode, reply.elapsedTime / 1000)
+    })
+  }
   await registerMqttOverWebSocket(app, deps.broker, deps.maxWebSocketPayloadBytes)
-  await app.register(healthRoutes(deps))
+  await registerOpenApi(app, version)
+  await app.register(async (api) => {
+    registerBearerAuth(api, deps.tokens)
+    for (const routes of deps.routes) await api.register(routes)
+  })
   return app
 }

@@ -25,10 +25,17 @@ export interface TestServer {
   httpUrl: string
   dataDir: string
   databaseUrl: string | undefined
+  /** A valid API token (named "test"). */
+  apiToken: string
+  /** A REST call through Fastify's inject, with the test token unless `token` says otherwise (null: none). */
+  api (method: ApiMethod, url: string, options?: { body?: unknown, token?: string | null, headers?: Record<string, string> }): Promise<ApiResponse>
   /** Every log line the server wrote, parsed. */
   logs: Array<Record<string, unknown>>
   close (): Promise<void>
 }
+
+export type ApiMethod = 'GET' | 'POST' | 'PATCH' | 'PUT' | 'DELETE'
+export interface ApiResponse { status: number, body: any, headers: Record<string, unknown>, text: string } // eslint-disable-line @typescript-eslint/no-explicit-any
 
 export interface TestServerOptions {
   database?: DatabaseChoice
@@ -96,8 +103,28 @@ export async function startTestServer (t: Test, options: TestServerOptions = {})
   })
   const { httpPort, mqttPort } = await server.listen({ http: 0, mqtt: 0 })
   let closed = false
+  const created = await server.tokens.create('test')
+  if (!created.ok) throw new Error('could not create the test API token')
+  const apiToken = created.token
   const testServer: TestServer = {
     server,
+    apiToken,
+    async api (method, url, { body, token, headers = {} } = {}) {
+      const bearer = token === undefined ? apiToken : token
+      const response = await server.http.inject({
+        method,
+        url,
+        headers: {
+          ...(bearer === null ? {} : { authorization: `Bearer ${bearer}` }),
+          ...(typeof body === 'string' ? { 'content-type': 'application/json' } : {}), // raw text: malformed JSON tests
+          ...headers
+        },
+        ...(body === undefined ? {} : { payload: body as string | object })
+      })
+      let parsed: unknown
+      try { parsed = JSON.parse(response.body) } catch { parsed = undefined }
+      return { status: response.statusCode, body: parsed, headers: response.headers, text: response.body }
+    },
     pki,
     dataDir,
     databaseUrl,

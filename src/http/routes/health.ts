@@ -1,5 +1,6 @@
 // GET /api/health: liveness plus the number of devices connected (fleet-wide, from the registry).
 import type { FastifyPluginAsync } from 'fastify'
+import { Type } from 'typebox'
 
 export interface HealthDeps {
   countOnlineDevices (): Promise<number>
@@ -7,7 +8,15 @@ export interface HealthDeps {
 
 export function healthRoutes (deps: HealthDeps): FastifyPluginAsync {
   return async (app) => {
-    // polled by load balancers: no request log lines
-    app.get('/api/health', { logLevel: 'warn' }, async () => ({ status: 'ok', online_devices: await deps.countOnlineDevices() }))
+    app.get('/api/health', {
+      logLevel: 'warn', // polled by load balancers: no request log lines
+      config: { public: true },
+      schema: {
+        summary: 'Liveness and the number of devices connected',
+        tags: ['health'],
+        security: [],
+        response: { 200: Type.Object({ status: Type.Literal('ok'), online_devices: Type.Integer() }) }
+      }
+    }, async () => ({ status: 'ok' as const, online_devices: await deps.countOnlineDevices() }))
   }
 }

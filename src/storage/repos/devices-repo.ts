@@ -62,6 +62,44 @@ export function createDeviceRepository (knex: Knex): DeviceRepository {
   })
 
   return {
+    async list (filter, { after, limit }) {
+      const query = devices().orderBy('serial').limit(limit)
+      if (after !== undefined) query.where('serial', '>', after)
+      if (filter.status !== undefined) query.where({ status: filter.status })
+      if (filter.group_id !== undefined) query.where({ group_id: filter.group_id })
+      if (filter.firmware_version !== undefined) query.where({ firmware_version: filter.firmware_version })
+      if (filter.revoked !== undefined) query.where({ revoked: filter.revoked })
+      if (filter.q !== undefined) {
+        const pattern = `%${filter.q.replace(/[\\%_]/g, '\\$&')}%`
+        query.where(q => { q.whereILike('serial', pattern).orWhereILike('nickname', pattern) })
+      }
+      return await query.select()
+    },
+
+    async find (serial) {
+      return await devices().where({ serial }).first()
+    },
+
+    async update (serial, changes) {
+      return await knex.transaction(async (trx) => {
+        if (changes.group_id !== undefined && changes.group_id !== null &&
+          await trx('groups').where({ id: changes.group_id }).first('id') === undefined) {
+          return { ok: false as const, reason: 'no_such_group' as const }
+        }
+        const { metadata, ...columns } = changes
+        const set: Record<string, unknown> = { ...columns, updated_at: new Date() }
+        if (metadata !== undefined) {
+          set.metadata = trx.raw('(devices.metadata || ?::jsonb) - ?::text[]', [JSON.stringify(metadata.set), metadata.remove])
+        }
+        const [device] = await trx<Device>('devices').where({ serial }).update(set).returning('*')
+        return device === undefined ? { ok: false as const, reason: 'not_found' as const } : { ok: true as const, device }
+      })
+    },
+
+    async remove (serial) {
+      return await devices().where({ serial }).delete() > 0
+    },
+
     registerCertificate: (serial, fingerprint, notAfter) => registerCertificate({ serial, fingerprint, notAfter }),
 
     async setRevoked (serial, revoked) {

@@ -1,0 +1,82 @@
+// What operators do to the registry: list and page through devices, read one, change its
+// nickname, group or metadata, delete it, revoke or restore it. Knows nothing of HTTP.
+import type { Publish } from '../ports.js'
+import { deviceTopic } from '../topics.js'
+import type { RevocationAnnouncer } from './device-registry.js'
+import type { Device, DeviceChanges, DeviceFilter, DeviceRepository, UpdateDeviceResult } from './types.js'
+
+export interface DevicePage { items: Device[], next_cursor: string | null }
+
+export interface DevicePatch {
+  nickname?: string | null
+  group_id?: number | null
+  /** Merged into the device's metadata; a key set to null is removed. */
+  metadata?: Record<string, unknown>
+}
+
+export interface DeviceAdminDeps {
+  repo: DeviceRepository
+  registry: { setRevoked (serial: string, revoked: boolean): Promise<{ found: boolean }> }
+  /** Closes the device's connection wherever it is (all nodes). */
+  kicker: RevocationAnnouncer
+  publish: Publish
+}
+
+export class InvalidCursor extends Error {}
+
+// The cursor is the last serial of a page: opaque to clients, stable under inserts and deletes.
+const encodeCursor = (serial: string): string => Buffer.from(serial, 'utf8').toString('base64url')
+function decodeCursor (cursor: string): string {
+  const serial = Buffer.from(cursor, 'base64url').toString('utf8')
+  if (serial === '' || encodeCursor(serial) !== cursor) throw new InvalidCursor('cursor is not one this server issued')
+  return serial
+}
+
+export function createDeviceAdmin (deps: DeviceAdminDeps) {
+  const { repo, registry, kicker, publish } = deps
+
+  return {
+    /** Throws InvalidCursor for a cursor this server did not issue. */
+    async list (filter: DeviceFilter, page: { cursor?: string, limit: number }): Promise<DevicePage> {
+      const after = page.cursor === undefined ? undefined : decodeCursor(page.cursor)
+      const rows = await repo.list(filter, { after, limit: page.limit + 1 })
+      const items = rows.slice(0, page.limit)
+      return { items, next_cursor: rows.length > page.limit ? encodeCursor(items.at(-1)!.serial) : null }
+    },
+
+    get: (serial: string) => repo.find(serial),
+
+    async update (serial: string, patch: DevicePatch): Promise<UpdateDeviceResult> {
+      const { metadata, ...columns } = patch
+      const changes: DeviceChanges = { ...columns }
+      if (metadata !== undefined) {
+        const entries = Object.entries(metadata)
+        changes.metadata = {
+          set: Object.fromEntries(entries.filter(([, value]) => value !== null)),
+          remove: entries.filter(([, value]) => value === null).map(([key]) => key)
+        }
+      }
+      return await repo.update(serial, changes)
+    },
+
+    /**
+     * Removes the device from the registry, closes its connection and clears its retained status.
+     * A device whose certificate is still valid registers again when it reconnects: revoke it to
+     * keep it out.
+     */
+    async remove (serial: string): Promise<boolean> {
+      if (!await repo.remove(serial)) return false
+      await kicker.announceRevoked(serial)
+      await publish(deviceTopic(serial, 'status'), '', { qos: 1, retain: true })
+      return true
+    },
+
+    /** Revokes (the device is disconnected at once, on every node) or restores a device. */
+    async setRevoked (serial: string, revoked: boolean): Promise<Device | undefined> {
+      const { found } = await registry.setRevoked(serial, revoked)
+      return found ? await repo.find(serial) : undefined
+    }
+  }
+}
+
+export type DeviceAdmin = ReturnType<typeof createDeviceAdmin>

@@ -1,0 +1,17 @@
+// The OpenAPI document, generated from the routes' TypeBox schemas, at /api/openapi.json, and
+// browsable docs at /docs. Must be registered before the routes it documents.
+import type { FastifyInstance } from 'fastify'
+import swagger from '@fastify/swagger'
+import swaggerUi from '@fastify/swagger-ui'
+
+export async function registerOpenApi (app: FastifyInstance, version: string): Promise<void> {
+  await app.register(swagger, {
+    openapi: {
+      info: { title: 'Shepherd REST API', version, description: 'Fleet management for embedded Linux devices. Every route except /api/health needs `Authorization: Bearer <token>`.' },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+      security: [{ bearer: [] }]
+    }
+  })
+  await app.register(swaggerUi, { routePrefix: '/docs', uiConfig: { persistAuthorization: true } })
+  app.get('/api/openapi.json', { schema: { hide: true }, config: { public: true } }, async () => app.swagger())
+}

@@ -6,6 +6,7 @@ import type { Logger } from '../logger.js'
 import type { Broker } from '../mqtt/broker.js'
 import { registerMqttOverWebSocket } from './websocket-mqtt.js'
 import { registerErrorHandling } from './api-errors.js'
+import { registerValidation } from './validation.js'
 import { registerBearerAuth, type TokenVerifier } from './plugins/auth.js'
 import { registerOpenApi } from './plugins/openapi.js'
 
@@ -26,11 +27,10 @@ export interface HttpAppDeps {
 export async function buildHttpApp (deps: HttpAppDeps): Promise<FastifyInstance> {
   const app = fastify({
     loggerInstance: deps.logger,
-    // unknown fields are refused (400 naming them) rather than silently dropped
-    ajv: { customOptions: { removeAdditional: false } },
     ...(deps.tls === undefined ? {} : { https: { cert: deps.tls.cert, key: deps.tls.key, minVersion: 'TLSv1.2' as const } })
   }) as unknown as FastifyInstance
   registerErrorHandling(app)
+  registerValidation(app)
   if (deps.onResponse !== undefined) {
     const onResponse = deps.onResponse
     app.addHook('onResponse', async (request, reply) => {

@@ -24,7 +24,8 @@ export function createApiTokenRepository (knex: Knex): ApiTokenRepository {
       return await tokens().select(PUBLIC_COLUMNS).orderBy('name') as ApiTokenRecord[]
     },
     async remove (name) {
-      return await tokens().where({ name }).delete() > 0
+      // counted by the returned rows: on PGlite knex answers a plain delete with a result object, not a count
+      return (await tokens().where({ name }).delete().returning('id')).length > 0
     }
   }
 }

@@ -97,7 +97,8 @@ export function createDeviceRepository (knex: Knex): DeviceRepository {
     },
 
     async remove (serial) {
-      return await devices().where({ serial }).delete() > 0
+      // counted by the returned rows: on PGlite knex answers a plain delete with a result object, not a count
+      return (await devices().where({ serial }).delete().returning('id')).length > 0
     },
 
     registerCertificate: (serial, fingerprint, notAfter) => registerCertificate({ serial, fingerprint, notAfter }),

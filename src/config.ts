@@ -28,6 +28,8 @@ export interface Config {
   readonly nodeName: string
   /** Largest MQTT packet accepted from a device once authenticated (bytes). */
   readonly mqttMaxPacketBytes: number
+  /** A bearer token accepted on /metrics besides the API tokens (for a Prometheus scraper). */
+  readonly metricsToken: string | undefined
 }
 
 const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']
@@ -73,6 +75,10 @@ export function loadConfig (env: Env = process.env, overrides: Partial<Config> =
   if ((tlsCertPath === undefined) !== (tlsKeyPath === undefined)) {
     problems.push('TLS_CERT and TLS_KEY must be set together (one of them is missing)')
   }
+  const metricsToken = read('METRICS_TOKEN')
+  if (metricsToken !== undefined && !/^\S{16,}$/.test(metricsToken)) {
+    problems.push('METRICS_TOKEN must be at least 16 characters without spaces (a bearer token)')
+  }
   const fleetCaPem = read('FLEET_CA_PEM')
   if (fleetCaPem !== undefined && !fleetCaPem.includes('-----BEGIN CERTIFICATE-----')) {
     problems.push('FLEET_CA_PEM must hold a PEM certificate (-----BEGIN CERTIFICATE-----)')
@@ -95,6 +101,7 @@ export function loadConfig (env: Env = process.env, overrides: Partial<Config> =
     logLevel,
     nodeName: read('NODE_NAME') ?? hostname(),
     mqttMaxPacketBytes: integer('MQTT_MAX_PACKET_SIZE', 256 * 1024, 1024, 16 * 1024 * 1024),
+    metricsToken,
     ...overrides
   }
   if (problems.length > 0) throw new ConfigError(problems)

@@ -23,6 +23,13 @@ import { startTcpListener, type TcpListener } from './mqtt/tcp-listener.js'
 import { buildHttpApp } from './http/app.js'
 import { healthRoutes } from './http/routes/health.js'
 import { deviceRoutes } from './http/routes/devices.js'
+import { eventRoutes } from './http/routes/events.js'
+import { metricsRoutes } from './http/routes/metrics.js'
+import { createEventBus, type EventBus, type MessageEmitter } from './events/event-bus.js'
+import type { EventSink } from './events/events.js'
+import { groupRoutes } from './http/routes/groups.js'
+import { createGroups } from './groups/groups.js'
+import { createGroupRepository } from './storage/repos/groups-repo.js'
 import { createApiTokens, type ApiTokens } from './operators/api-tokens.js'
 import { createApiTokenRepository } from './storage/repos/api-tokens-repo.js'
 import { createDeviceAdmin } from './devices/device-admin.js'
@@ -36,6 +43,8 @@ export interface ServerOptions {
   /** Embedded database in memory instead of $DATA_DIR/db (tests). */
   inMemoryDatabase?: boolean
   heartbeatIntervalMs?: number
+  /** Interval of the heartbeat comment on open /api/events streams (default 15 s). */
+  sseHeartbeatMs?: number
 }
 
 export interface ShepherdServer {
@@ -46,6 +55,8 @@ export interface ShepherdServer {
   readonly http: FastifyInstance
   readonly nodeId: string
   readonly tokens: ApiTokens
+  /** Live events of every node (what GET /api/events streams). */
+  readonly events: EventBus
   /**
    * Opens the HTTP and MQTT ports (from config, or `ports` — 0 there means an ephemeral port, as
    * tests use; MQTT_PORT=0 in config turns MQTT/TCP off). Answers the ports actually bound.
@@ -92,7 +103,10 @@ export async function createServer (config: Config, options: ServerOptions = {})
     let disconnectDevice: (serial: string) => void = () => {}
     const revocations = await openRevocationChannel(db, serial => { disconnectDevice(serial) }, logger)
     cleanups.push(() => revocations.close())
-    const registry = createDeviceRegistry({ repo, announcer: revocations, logger })
+    // Like `publish` below: the domain's events travel on the broker's message bus once it runs.
+    let eventBus: EventBus | undefined
+    const events: EventSink = { emit: (event) => { eventBus?.emit(event) } }
+    const registry = createDeviceRegistry({ repo, announcer: revocations, logger, events })
 
     // The broker's hooks need the domain, and the domain publishes through the broker: the
     // publish port forwards to the broker once it runs (nothing publishes before that).
@@ -103,7 +117,7 @@ export async function createServer (config: Config, options: ServerOptions = {})
       await broker.publish(...args)
     }
     const telemetry = createTelemetry({ connectedDevices: () => broker?.aedes.connectedClients ?? 0 })
-    const presence = createPresence({ repo, publish, nodeId, logger })
+    const presence = createPresence({ repo, publish, nodeId, logger, events })
     const authenticator = createDeviceAuthenticator({
       trust, replayGuard, admission: registry.admission, timestampToleranceSeconds: config.timestampToleranceSeconds
     })
@@ -119,6 +133,7 @@ export async function createServer (config: Config, options: ServerOptions = {})
     const startedBroker = broker
     cleanups.push(() => startedBroker.close())
     gateway.attach(startedBroker.aedes)
+    const startedEventBus = eventBus = createEventBus((startedBroker.aedes as unknown as { mq: MessageEmitter }).mq, logger)
     startedBroker.aedes.on('clientError', (client, error) => { logger.debug({ clientId: client.id, err: error }, 'mqtt client error') })
     startedBroker.aedes.on('connectionError', (_client, error) => { logger.debug({ err: error }, 'mqtt connection error before CONNECT') })
 
@@ -136,9 +151,13 @@ export async function createServer (config: Config, options: ServerOptions = {})
     const http = await buildHttpApp({
       logger, broker: startedBroker, tls, maxWebSocketPayloadBytes: config.mqttMaxPacketBytes,
       tokens,
+      onResponse: telemetry.observeHttpRequest,
       routes: [
         healthRoutes({ countOnlineDevices: registry.countOnline }),
-        deviceRoutes({ devices })
+        eventRoutes({ subscribe: startedEventBus.subscribe, heartbeatMs: options.sseHeartbeatMs ?? 15_000 }),
+        metricsRoutes({ metrics: () => telemetry.registry.metrics(), tokens, metricsToken: config.metricsToken }),
+        deviceRoutes({ devices }),
+        groupRoutes({ groups: createGroups(createGroupRepository(db.knex)) })
       ]
     })
 
@@ -174,6 +193,7 @@ export async function createServer (config: Config, options: ServerOptions = {})
       http,
       nodeId,
       tokens,
+      events: startedEventBus,
       async listen (ports) {
         await http.ready()
         const httpPort = await listenOn(http.server, ports?.http ?? config.port, config.host, 'PORT')

@@ -12,6 +12,9 @@ Commands:
   gen-device-cert --serial S [--ca-dir priv/ca] [--dir priv/devices] [--days 1825]
                                           create a device key and certificate signed by the Fleet CA
   revoke SERIAL                           revoke a device (a connected device is disconnected at once)
+  token create --name N                   create a REST API token and print it once (alone on the last line)
+  token list                              list REST API tokens: name, created, last used
+  token revoke NAME                       revoke a REST API token
   simulate --devices N [--url ws://localhost:4000/mqtt] [--ca-dir priv/ca] [--duration SECONDS]
            [--prefix sim-XXXX] [--metrics-interval 10]
                                           run N simulated devices (certificates made on the fly)
@@ -47,6 +50,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   'gen-ca': async () => (await import('./certs.js')).genCa,
   'gen-device-cert': async () => (await import('./certs.js')).genDeviceCert,
   revoke: async () => (await import('./revoke.js')).revoke,
+  token: async () => (await import('./tokens.js')).token,
   simulate: async () => (await import('./simulate.js')).simulate
 }
 

@@ -3,40 +3,21 @@
 // socket (PGlite admits one process); with no server running, the database is updated directly.
 import { CommandError, UsageError } from '../errors.js'
 import { loadConfig } from '../config.js'
-import { callControl, ControlUnavailable } from '../control/control-socket.js'
-import { openDatabase } from '../storage/db.js'
-import { migrateLatest } from '../storage/migrate.js'
 import { createDeviceRepository } from '../storage/repos/devices-repo.js'
 import { createRevocationAnnouncer } from '../storage/revocation-channel.js'
 import { createDeviceRegistry } from '../devices/device-registry.js'
 import { createLogger } from '../logger.js'
 import { isValidSerial } from '../topics.js'
 import { parseCommand, type Output } from './main.js'
+import { viaServerOrDatabase } from './via-server.js'
 
 export async function revoke (args: string[], output: Output): Promise<void> {
   const { positionals: [serial] } = parseCommand(args, {}, 1)
   if (!isValidSerial(serial)) throw new UsageError(`${JSON.stringify(serial)} is not a valid serial`)
-  const config = loadConfig()
-  const found = await revokeVia(config, serial)
+  const { found } = await viaServerOrDatabase(loadConfig(), 'revoke', { serial }, async (db) => {
+    const registry = createDeviceRegistry({ repo: createDeviceRepository(db.knex), announcer: createRevocationAnnouncer(db), logger: createLogger('silent') })
+    return await registry.setRevoked(serial, true)
+  })
   if (!found) throw new CommandError(`no device with serial ${serial}`)
   output.out(`device ${serial} revoked`)
-}
-
-async function revokeVia (config: ReturnType<typeof loadConfig>, serial: string): Promise<boolean> {
-  if (config.databaseUrl === undefined) {
-    try {
-      const result = await callControl(config.dataDir, 'revoke', { serial }) as { found: boolean }
-      return result.found
-    } catch (error) {
-      if (!(error instanceof ControlUnavailable)) throw new CommandError(`the running server refused: ${(error as Error).message}`)
-    }
-  }
-  const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir })
-  try {
-    await migrateLatest(db.knex)
-    const registry = createDeviceRegistry({ repo: createDeviceRepository(db.knex), announcer: createRevocationAnnouncer(db), logger: createLogger('silent') })
-    return (await registry.setRevoked(serial, true)).found
-  } finally {
-    await db.close()
-  }
 }

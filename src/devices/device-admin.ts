@@ -1,11 +1,10 @@
 // What operators do to the registry: list and page through devices, read one, change its
 // nickname, group or metadata, delete it, revoke or restore it. Knows nothing of HTTP.
 import type { Publish } from '../ports.js'
+import { afterCursor, pageOf, type Page } from '../paging.js'
 import { deviceTopic } from '../topics.js'
 import type { RevocationAnnouncer } from './device-registry.js'
 import type { Device, DeviceChanges, DeviceFilter, DeviceRepository, UpdateDeviceResult } from './types.js'
-
-export interface DevicePage { items: Device[], next_cursor: string | null }
 
 export interface DevicePatch {
   nickname?: string | null
@@ -22,26 +21,14 @@ export interface DeviceAdminDeps {
   publish: Publish
 }
 
-export class InvalidCursor extends Error {}
-
-// The cursor is the last serial of a page: opaque to clients, stable under inserts and deletes.
-const encodeCursor = (serial: string): string => Buffer.from(serial, 'utf8').toString('base64url')
-function decodeCursor (cursor: string): string {
-  const serial = Buffer.from(cursor, 'base64url').toString('utf8')
-  if (serial === '' || encodeCursor(serial) !== cursor) throw new InvalidCursor('cursor is not one this server issued')
-  return serial
-}
-
 export function createDeviceAdmin (deps: DeviceAdminDeps) {
   const { repo, registry, kicker, publish } = deps
 
   return {
     /** Throws InvalidCursor for a cursor this server did not issue. */
-    async list (filter: DeviceFilter, page: { cursor?: string, limit: number }): Promise<DevicePage> {
-      const after = page.cursor === undefined ? undefined : decodeCursor(page.cursor)
-      const rows = await repo.list(filter, { after, limit: page.limit + 1 })
-      const items = rows.slice(0, page.limit)
-      return { items, next_cursor: rows.length > page.limit ? encodeCursor(items.at(-1)!.serial) : null }
+    async list (filter: DeviceFilter, page: { cursor?: string, limit: number }): Promise<Page<Device>> {
+      const rows = await repo.list(filter, { after: afterCursor(page.cursor), limit: page.limit + 1 })
+      return pageOf(rows, page.limit, device => device.serial)
     },
 
     get: (serial: string) => repo.find(serial),

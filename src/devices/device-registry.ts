@@ -5,6 +5,7 @@ import type { DeviceAdmission } from '../auth/device-authenticator.js'
 import type { Logger } from '../logger.js'
 import type { DeviceRepository, FirmwareInfo } from './types.js'
 import { createKeyedQueue } from '../keyed-queue.js'
+import { discardEvents, type EventSink } from '../events/events.js'
 
 /** Tells every Shepherd node (this one included) that a device was revoked. */
 export interface RevocationAnnouncer {
@@ -16,8 +17,9 @@ export type InfoResult = { ok: true } | { ok: false, reason: string }
 const FIRMWARE_KEYS = ['firmware_version', 'firmware_target', 'firmware_uuid'] as const
 const MAX_INFO_VALUE_LENGTH = 256
 
-export function createDeviceRegistry (deps: { repo: DeviceRepository, announcer: RevocationAnnouncer, logger: Logger }) {
+export function createDeviceRegistry (deps: { repo: DeviceRepository, announcer: RevocationAnnouncer, logger: Logger, events?: EventSink }) {
   const { repo, announcer, logger } = deps
+  const events = deps.events ?? discardEvents
 
   const admission: DeviceAdmission = {
     async admit (serial, certificate) {
@@ -58,6 +60,7 @@ export function createDeviceRegistry (deps: { repo: DeviceRepository, announcer:
       }
     }
     await repo.recordInfo(serial, firmware, metadata)
+    events.emit({ type: 'device.info', data: { serial, ...firmware, metadata } })
     return { ok: true }
   }
 

@@ -1,6 +1,7 @@
 // The REST API's one error catalogue and the handler that turns every failure into
 // `{"error", "message", "field"?}` (contract §4). Internals of 5xx failures go to the log only.
 import type { FastifyError, FastifyInstance } from 'fastify'
+import { InvalidCursor } from '../paging.js'
 
 export const API_ERRORS = {
   invalid_request: 400,
@@ -42,8 +43,9 @@ const BODY_ERRORS: Record<string, ApiErrorCode> = {
   FST_ERR_CTP_INVALID_MEDIA_TYPE: 'unsupported_media_type'
 }
 
-export function toApiError (error: FastifyError | ApiError): ApiError {
+export function toApiError (error: FastifyError | ApiError | InvalidCursor): ApiError {
   if (error instanceof ApiError) return error
+  if (error instanceof InvalidCursor) return new ApiError('invalid_request', error.message, 'cursor')
   const first = error.validation?.[0]
   if (first !== undefined) {
     const field = fieldOf(first)
@@ -62,7 +64,7 @@ export function toApiError (error: FastifyError | ApiError): ApiError {
 }
 
 export function registerErrorHandling (app: FastifyInstance): void {
-  app.setErrorHandler((error: FastifyError | ApiError, request, reply) => {
+  app.setErrorHandler((error: FastifyError | ApiError | InvalidCursor, request, reply) => {
     const apiError = toApiError(error)
     if (apiError.status >= 500) request.log.error({ err: error }, 'request failed')
     const body = { error: apiError.code, message: apiError.message, ...(apiError.field === undefined ? {} : { field: apiError.field }) }

@@ -10,7 +10,7 @@ export const ErrorBody = Type.Object({
 
 export const Serial = Type.String({ pattern: '^[A-Za-z0-9_.-]{1,64}$', description: 'device serial (the CN of its certificate)' })
 export const SerialParams = Type.Object({ serial: Serial })
-export const IdParams = Type.Object({ id: Type.Integer({ minimum: 1 }) })
+export const IdParams = Type.Object({ id: Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER }) })
 
 export const Timestamp = Type.Union([Type.String({ format: 'date-time' }), Type.Null()])
 
@@ -21,7 +21,7 @@ export const PageQuery = {
   cursor: Type.Optional(Type.String({ maxLength: 200, description: 'next_cursor of the previous page' }))
 }
 
-export function pageOf<T extends TSchema> (item: T) {
+export function pageSchema<T extends TSchema> (item: T) {
   return Type.Object({
     items: Type.Array(item),
     next_cursor: Type.Union([Type.String(), Type.Null()], { description: 'pass as cursor for the next page; null on the last page' })

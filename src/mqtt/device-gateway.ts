@@ -36,6 +36,10 @@ export const DROPPED_TOPIC = '$shepherd/dropped'
 export interface GatewayStats {
   connectAccepted (): void
   connectRefused (reason: string): void
+  /** A PUBLISH received from a client. */
+  messageReceived (): void
+  /** A message forwarded to a client. */
+  messageDelivered (): void
 }
 
 export interface DeviceGatewayDeps {
@@ -122,6 +126,7 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
     },
 
     authorizePublish (client, packet, callback) {
+      stats.messageReceived()
       const session = client === null ? undefined : sessions.get(client)
       if (session === undefined) return callback(new Error('not authorized to publish'))
       const decision = authorizeDevicePublish(session.serial, packet.topic)
@@ -153,7 +158,9 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
       // Backstop: whatever a device's subscriptions match, it only ever receives its own topics.
       const session = sessions.get(client)
       if (session === undefined) return null
-      return authorizeDeviceSubscribe(session.serial, packet.topic).ok ? packet : null
+      if (!authorizeDeviceSubscribe(session.serial, packet.topic).ok) return null
+      stats.messageDelivered()
+      return packet
     }
   }
 

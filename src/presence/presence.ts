@@ -7,6 +7,7 @@ import type { Publish } from '../ports.js'
 import { deviceTopic } from '../topics.js'
 import type { DeviceRepository, DisconnectReason } from '../devices/types.js'
 import { createKeyedQueue } from '../keyed-queue.js'
+import { discardEvents, type EventSink } from '../events/events.js'
 
 export interface PresenceDeps {
   repo: DeviceRepository
@@ -14,6 +15,8 @@ export interface PresenceDeps {
   nodeId: string
   logger: Logger
   now?: () => Date
+  /** Receives device.online / device.offline once the status is recorded and published. */
+  events?: EventSink
 }
 
 export function statusPayload (status: 'online' | 'offline', at: Date, reason?: DisconnectReason): string {
@@ -23,6 +26,7 @@ export function statusPayload (status: 'online' | 'offline', at: Date, reason?: 
 export function createPresence (deps: PresenceDeps) {
   const { repo, publish, nodeId, logger } = deps
   const now = deps.now ?? (() => new Date())
+  const events = deps.events ?? discardEvents
   const queue = createKeyedQueue()
   // Once shutdown has marked this node's devices offline, the disconnects that closing the broker
   // causes have nothing left to record (and must not race the database closing).
@@ -37,6 +41,9 @@ export function createPresence (deps: PresenceDeps) {
 
   async function publishStatus (serial: string, status: 'online' | 'offline', at: Date, reason?: DisconnectReason): Promise<void> {
     await publish(deviceTopic(serial, 'status'), statusPayload(status, at, reason), { qos: 1, retain: true })
+    events.emit(status === 'online'
+      ? { type: 'device.online', data: { serial, at: at.toISOString() } }
+      : { type: 'device.offline', data: { serial, reason: reason ?? 'lost', at: at.toISOString() } })
   }
 
   function deviceConnected (serial: string, connectionId: string): Promise<void> {

@@ -1,5 +1,6 @@
 // Starts a real Shepherd on ephemeral ports for a test: its own DATA_DIR, its own Fleet CA, and
 // either an in-memory PGlite or a fresh PostgreSQL database (created here, dropped at teardown).
+import { randomUUID } from 'node:crypto'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
@@ -25,7 +26,7 @@ export interface TestServer {
   httpUrl: string
   dataDir: string
   databaseUrl: string | undefined
-  /** A valid API token (named "test"). */
+  /** A valid API token. */
   apiToken: string
   /** A REST call through Fastify's inject, with the test token unless `token` says otherwise (null: none). */
   api (method: ApiMethod, url: string, options?: { body?: unknown, token?: string | null, headers?: Record<string, string> }): Promise<ApiResponse>
@@ -46,6 +47,7 @@ export interface TestServerOptions {
   redis?: boolean
   env?: Record<string, string>
   heartbeatIntervalMs?: number
+  sseHeartbeatMs?: number
   /** Keep the database after close (to restart on it). */
   keepDatabase?: boolean
 }
@@ -99,11 +101,12 @@ export async function startTestServer (t: Test, options: TestServerOptions = {})
   const server = await createServer(config, {
     logger: createLogger('debug', sink),
     inMemoryDatabase: databaseUrl === undefined,
-    heartbeatIntervalMs: options.heartbeatIntervalMs
+    heartbeatIntervalMs: options.heartbeatIntervalMs,
+    sseHeartbeatMs: options.sseHeartbeatMs
   })
   const { httpPort, mqttPort } = await server.listen({ http: 0, mqtt: 0 })
   let closed = false
-  const created = await server.tokens.create('test')
+  const created = await server.tokens.create(`test-${randomUUID()}`) // unique: restarts and second nodes share the database
   if (!created.ok) throw new Error('could not create the test API token')
   const apiToken = created.token
   const testServer: TestServer = {

@@ -10,7 +10,9 @@ export async function registerOpenApi (app: FastifyInstance, version: string): P
       info: { title: 'Shepherd REST API', version, description: 'Fleet management for embedded Linux devices. Every route except /api/health needs `Authorization: Bearer <token>`.' },
       components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
       security: [{ bearer: [] }]
-    }
+    },
+    // shared schemas appear under their $id (Device, Error, ...) instead of def-0, def-1
+    refResolver: { buildLocalReference: (json, _baseUri, _fragment, i) => typeof json.$id === 'string' ? json.$id : `def-${i}` }
   })
   await app.register(swaggerUi, { routePrefix: '/docs', uiConfig: { persistAuthorization: true } })
   app.get('/api/openapi.json', { schema: { hide: true }, config: { public: true } }, async () => app.swagger())

@@ -3,10 +3,9 @@ import type { FastifyPluginAsync } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { Type, type Static } from 'typebox'
 import type { DeviceAdmin } from '../../devices/device-admin.js'
-import { InvalidCursor } from '../../devices/device-admin.js'
 import type { Device } from '../../devices/types.js'
 import { ApiError, notFound } from '../api-errors.js'
-import { Metadata, PageQuery, SerialParams, Timestamp, errors, pageOf } from '../schemas.js'
+import { Metadata, PageQuery, SerialParams, Timestamp, errors, pageSchema } from '../schemas.js'
 
 export const DeviceView = Type.Object({
   serial: Type.String(),
@@ -76,16 +75,11 @@ export function deviceRoutes (deps: { devices: DeviceAdmin }): FastifyPluginAsyn
     }
 
     app.get('/api/devices', {
-      schema: { summary: 'List devices', tags, querystring: ListQuery, response: { 200: pageOf(DeviceView), ...errors(400, 401) } }
+      schema: { summary: 'List devices', tags, querystring: ListQuery, response: { 200: pageSchema(DeviceView), ...errors(400, 401) } }
     }, async (request) => {
       const { limit = 100, cursor, ...filter } = request.query
-      try {
-        const page = await devices.list(filter, { cursor, limit })
-        return { items: page.items.map(deviceView), next_cursor: page.next_cursor }
-      } catch (error) {
-        if (error instanceof InvalidCursor) throw new ApiError('invalid_request', error.message, 'cursor')
-        throw error
-      }
+      const page = await devices.list(filter, { cursor, limit })
+      return { items: page.items.map(deviceView), next_cursor: page.next_cursor }
     })
 
     app.get('/api/devices/:serial', {

@@ -1,0 +1,24 @@
+// Keyset paging for lists: a page is fetched with one row more than asked, and the cursor is the
+// last row's sort key (base64url, opaque to clients), stable under inserts and deletes.
+
+export interface Page<T> { items: T[], next_cursor: string | null }
+
+export class InvalidCursor extends Error {
+  constructor () { super('cursor is not one this server issued') }
+}
+
+const encodeCursor = (key: string): string => Buffer.from(key, 'utf8').toString('base64url')
+
+/** The sort key a cursor stands for; throws InvalidCursor for one this server did not issue. */
+export function afterCursor (cursor: string | undefined): string | undefined {
+  if (cursor === undefined) return undefined
+  const key = Buffer.from(cursor, 'base64url').toString('utf8')
+  if (key === '' || encodeCursor(key) !== cursor) throw new InvalidCursor()
+  return key
+}
+
+/** Turns `limit + 1` fetched rows into a page of `limit` and the cursor to the next one. */
+export function pageOf<T> (rows: T[], limit: number, keyOf: (row: T) => string): Page<T> {
+  const items = rows.slice(0, limit)
+  return { items, next_cursor: rows.length > limit ? encodeCursor(keyOf(items.at(-1)!)) : null }
+}

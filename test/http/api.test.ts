@@ -1,0 +1,56 @@
+// What every route shares: the OpenAPI document and docs page, the error shape for unknown
+// routes and for failures inside the server (which must not leak internals).
+import t from 'tap'
+import { startTestServer } from '../helpers/server.js'
+
+// the routes of contract §4 that exist so far, as OpenAPI paths
+const ROUTES = [
+  'get /api/health',
+  'get /api/devices', 'get /api/devices/{serial}', 'patch /api/devices/{serial}', 'delete /api/devices/{serial}',
+  'post /api/devices/{serial}/revoke', 'post /api/devices/{serial}/unrevoke',
+  'get /api/groups', 'post /api/groups', 'get /api/groups/{id}', 'patch /api/groups/{id}', 'delete /api/groups/{id}',
+  'post /api/groups/{id}/devices', 'delete /api/groups/{id}/devices/{serial}',
+  'get /api/events', 'get /metrics'
+]
+
+t.test('the OpenAPI document lists every route, and the docs page is served', async (t) => {
+  const ts = await startTestServer(t)
+  const document = await ts.api('GET', '/api/openapi.json', { token: null })
+  t.equal(document.status, 200, 'public: a client can read it before it has a token')
+  t.match(document.body, { openapi: /^3\./, info: { title: 'Shepherd REST API' }, components: { securitySchemes: { bearer: { scheme: 'bearer' } } } })
+  const paths = document.body.paths as Record<string, Record<string, { responses: Record<string, unknown> }>>
+  const listed = Object.entries(paths).flatMap(([path, methods]) => Object.keys(methods).map(method => `${method} ${path}`))
+  for (const route of ROUTES) t.ok(listed.includes(route), `${route} is documented`)
+  t.notOk(listed.some(route => route.includes('/mqtt') || route.includes('openapi')), 'the WebSocket endpoint and the document itself are not API routes')
+  t.ok(paths['/api/devices/{serial}']?.patch?.responses['400'], 'error answers are documented')
+  t.same(Object.keys(paths['/api/health']!.get!).includes('security') ? (paths['/api/health']!.get as unknown as { security: unknown[] }).security : undefined, [], 'health needs no token')
+
+  const docs = await ts.api('GET', '/docs', { token: null })
+  t.equal(docs.status, 200, 'the docs page is public too (the token is entered in the page)')
+  t.match(docs.text, /swagger-ui/, 'and is the Swagger UI')
+})
+
+t.test('unknown routes and server failures answer the error shape, without internals', async (t) => {
+  const ts = await startTestServer(t)
+  const unknown = await ts.api('GET', '/api/nothing-here')
+  t.match(unknown, { status: 404, body: { error: 'not_found', message: /GET \/api\/nothing-here/ } })
+
+  // a table goes away under the server: a request that needs it fails inside
+  await ts.server.db.knex.raw('ALTER TABLE groups RENAME TO groups_gone')
+  t.teardown(() => ts.server.db.knex.raw('ALTER TABLE groups_gone RENAME TO groups'))
+  const failed = await ts.api('GET', '/api/groups')
+  t.equal(failed.status, 500)
+  t.same(Object.keys(failed.body).sort(), ['error', 'message'])
+  t.equal(failed.body.error, 'internal_error')
+  t.notMatch(failed.text, /groups|relation|select|at /i, 'no SQL, table name or stack in the answer')
+  t.ok(ts.logs.some(line => line.msg === 'request failed' && JSON.stringify(line).includes('groups')), 'the log has the cause')
+})
+
+t.test('a refused token is logged with a reason, and the token is not', async (t) => {
+  const ts = await startTestServer(t)
+  const response = await ts.api('GET', '/api/devices', { token: 'shp_guessing' })
+  t.equal(response.status, 401)
+  t.match(response.body, { error: 'unauthorized', message: /not valid/ })
+  t.ok(ts.logs.some(line => line.msg === 'API request refused' && line.reason === 'unknown_token'))
+  t.notOk(ts.logs.some(line => JSON.stringify(line).includes('shp_guessing')), 'the presented token is not logged')
+})

@@ -84,13 +84,17 @@ export async function createServer (config: Config, options: ServerOptions = {})
     : undefined
 
   const trust = createFleetTrust(await loadFleetCaPem(config, logger))
-  const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, inMemory: options.inMemoryDatabase })
-  const cleanups: Array<() => Promise<void>> = [() => db.close()]
+  // On the embedded database the control socket claims DATA_DIR before the database is opened:
+  // a second server, or a CLI command run while this one starts, must not open the same files.
+  const control = config.databaseUrl === undefined ? await startControlSocket(config.dataDir) : undefined
+  const cleanups: Array<() => Promise<void>> = control === undefined ? [] : [() => control.close()]
   const closeAll = async (): Promise<void> => {
     for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch((error: unknown) => logger.error({ err: error }, 'shutdown step failed'))
   }
 
   try {
+    const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, inMemory: options.inMemoryDatabase })
+    cleanups.push(() => db.close())
     const applied = await migrateLatest(db.knex)
     if (applied.length > 0) logger.info({ migrations: applied }, 'database migrated')
 
@@ -161,15 +165,12 @@ export async function createServer (config: Config, options: ServerOptions = {})
       ]
     })
 
-    if (db.kind === 'pglite') {
-      const control = await startControlSocket(config.dataDir, {
-        revoke: async ({ serial }) => await registry.setRevoked(String(serial), true),
-        'token.create': async ({ name }) => await tokens.create(String(name)),
-        'token.list': async () => await tokens.list(),
-        'token.revoke': async ({ name }) => await tokens.revoke(String(name))
-      })
-      cleanups.push(() => control.close())
-    }
+    control?.serve({
+      revoke: async ({ serial }) => await registry.setRevoked(String(serial), true),
+      'token.create': async ({ name }) => await tokens.create(String(name)),
+      'token.list': async () => await tokens.list(),
+      'token.revoke': async ({ name }) => await tokens.revoke(String(name))
+    })
 
     let tcp: TcpListener | undefined
     let closing: Promise<void> | undefined

@@ -34,7 +34,18 @@ export async function callControl (dataDir: string, operation: string, input: Re
   })
 }
 
-export async function startControlSocket (dataDir: string, operations: ControlOperations): Promise<{ close (): Promise<void> }> {
+export interface ControlSocket {
+  /** Starts answering requests with these operations; requests that came earlier wait for it. */
+  serve (operations: ControlOperations): void
+  close (): Promise<void>
+}
+
+/**
+ * Claims $DATA_DIR for this process before the embedded database is opened (a second server, or a
+ * CLI that finds no socket, would otherwise open the same files): refuses when another server
+ * answers there. Requests wait until `serve` provides the operations.
+ */
+export async function startControlSocket (dataDir: string): Promise<ControlSocket> {
   const socketPath = controlSocketPath(dataDir)
   try {
     await callControl(dataDir, 'ping', {})
@@ -43,7 +54,8 @@ export async function startControlSocket (dataDir: string, operations: ControlOp
     if (!(error instanceof ControlUnavailable)) throw error
   }
   await rm(socketPath, { force: true }) // left behind by a process that died
-  const all: ControlOperations = { ping: async () => 'pong', ...operations }
+  let serve: (operations: ControlOperations) => void = () => {}
+  const served = new Promise<ControlOperations>(resolve => { serve = resolve })
   const server = http.createServer((request, response) => {
     const chunks: Buffer[] = []
     request.on('data', (chunk: Buffer) => chunks.push(chunk))
@@ -51,20 +63,25 @@ export async function startControlSocket (dataDir: string, operations: ControlOp
       const reply = (status: number, payload: unknown): void => {
         response.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(payload))
       }
-      const operation = Object.hasOwn(all, request.url?.slice(1) ?? '') ? all[request.url!.slice(1)] : undefined
-      if (operation === undefined) return reply(404, { error: `unknown operation ${request.url}` })
-      let input: Record<string, unknown>
-      try {
-        input = JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}') as Record<string, unknown>
-      } catch {
-        return reply(400, { error: 'request body is not JSON' })
-      }
-      operation(input).then(result => reply(200, { result }), (error: Error) => reply(500, { error: error.message }))
+      const name = request.url?.slice(1) ?? ''
+      if (name === 'ping') return reply(200, { result: 'pong' })
+      void served.then((operations) => {
+        const operation = Object.hasOwn(operations, name) ? operations[name] : undefined
+        if (operation === undefined) return reply(404, { error: `unknown operation ${request.url}` })
+        let input: Record<string, unknown>
+        try {
+          input = JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}') as Record<string, unknown>
+        } catch {
+          return reply(400, { error: 'request body is not JSON' })
+        }
+        operation(input).then(result => reply(200, { result }), (error: Error) => reply(500, { error: error.message }))
+      })
     })
   })
   await new Promise<void>((resolve, reject) => { server.once('error', reject); server.listen(socketPath, resolve) })
   await chmod(socketPath, 0o600)
   return {
+    serve,
     async close () {
       await new Promise<void>(resolve => server.close(() => resolve()))
       await rm(socketPath, { force: true })

@@ -13,7 +13,7 @@ t.test('shepherd migrate applies pending migrations once, on PostgreSQL and on P
   for (const env of [{ DATABASE_URL: database.url }, { DATA_DIR: dataDir }]) {
     const first = await runShepherd(['migrate'], { env })
     t.equal(first.code, 0, first.stderr)
-    t.match(first.stdout, /applied 2 migration\(s\)/)
+    t.match(first.stdout, `applied ${migrations.length} migration(s)`)
     const again = await runShepherd(['migrate'], { env })
     t.equal(again.code, 0)
     t.match(again.stdout, /database is up to date/)

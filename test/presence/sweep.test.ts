@@ -80,7 +80,7 @@ async function spawnServer (t: Test, env: Record<string, string>): Promise<{ chi
   child.stderr!.on('data', (chunk: Buffer) => { stderr += chunk.toString() })
   let buffered = ''
   return await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => { reject(new Error(`shepherd start did not listen within 30 s; stderr: ${stderr}`)) }, 30_000)
+    const timer = setTimeout(() => { reject(new Error(`shepherd start did not listen within 90 s; stderr: ${stderr}`)) }, 90_000)
     child.on('exit', (code) => { clearTimeout(timer); reject(new Error(`shepherd start exited with ${code}: ${stderr}`)) })
     child.stdout!.on('data', (chunk: Buffer) => {
       buffered += chunk.toString()

@@ -5,6 +5,7 @@ import path from 'node:path'
 import pg from 'pg'
 import { runShepherd } from '../helpers/cli.js'
 import { createTestDatabase } from '../helpers/server.js'
+import { migrations } from '../../migrations/index.js'
 
 t.test('shepherd migrate applies pending migrations once, on PostgreSQL and on PGlite', async (t) => {
   const database = await createTestDatabase()

@@ -8,10 +8,10 @@ import { spawn } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import type { Readable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
 import { connectDevice } from '../../src/device-client/device-client.js'
 import { deviceTopic } from '../../src/topics.js'
+import { retainedJson } from '../helpers/retained.js'
 import type { Device } from '../../src/devices/types.js'
 import { DATABASES, eventually, startTestServer, type TestServer } from '../helpers/server.js'
 import { uniqueSerial } from '../helpers/pki.js'
@@ -43,15 +43,7 @@ async function shepherd (args: string[], env: Record<string, string>): Promise<C
   })
 }
 
-async function retainedStatus (ts: TestServer, serial: string): Promise<Record<string, unknown> | undefined> {
-  const topic = deviceTopic(serial, 'status')
-  const persistence = (ts.server.broker.aedes as unknown as { persistence: { createRetainedStreamCombi (patterns: string[]): Readable } }).persistence
-  let found: Record<string, unknown> | undefined
-  for await (const packet of persistence.createRetainedStreamCombi([topic]) as AsyncIterable<{ topic: string, payload: Buffer }>) {
-    if (packet.topic === topic) found = JSON.parse(packet.payload.toString()) as Record<string, unknown>
-  }
-  return found
-}
+const retainedStatus = (ts: TestServer, serial: string): Promise<Record<string, unknown> | undefined> => retainedJson(ts, deviceTopic(serial, 'status'))
 
 async function emptyDataDir (t: Test): Promise<string> {
   const dir = await mkdtemp(path.join(tmpdir(), 'shepherd-cli-'))

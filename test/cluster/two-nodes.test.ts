@@ -2,17 +2,12 @@
 // nodes is taken over, a revocation on one node kicks the device on the other, and rows left
 // online by a node that stopped heart-beating are swept.
 import t from 'tap'
+import { retainedJson } from '../helpers/retained.js'
 import { connectDevice } from '../../src/device-client/device-client.js'
 import { createTestDatabase, startTestServer, eventually, type TestServer } from '../helpers/server.js'
 import { createTestPki, uniqueSerial } from '../helpers/pki.js'
 
-async function retainedStatus (node: TestServer, serial: string): Promise<Record<string, unknown> | undefined> {
-  const persistence = (node.server.broker.aedes as unknown as { persistence: { createRetainedStreamCombi (p: string[]): AsyncIterable<{ payload: Buffer }> } }).persistence
-  for await (const packet of persistence.createRetainedStreamCombi([`shepherd/devices/${serial}/status`])) {
-    return JSON.parse(packet.payload.toString()) as Record<string, unknown>
-  }
-  return undefined
-}
+const retainedStatus = (node: TestServer, serial: string): Promise<Record<string, unknown> | undefined> => retainedJson(node, `shepherd/devices/${serial}/status`)
 
 async function row (node: TestServer, serial: string): Promise<Record<string, unknown>> {
   return await node.server.db.knex('devices').where({ serial }).first() as Record<string, unknown>

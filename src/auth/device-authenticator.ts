@@ -145,8 +145,8 @@ export function createDeviceAuthenticator (deps: DeviceAuthenticatorDeps) {
         if (!check.ok) return { reason: 'bad_certificate', detail: check.detail }
         a.certificate = check.certificate
         const at = now()
-        if (at < check.certificate.notBefore.getTime()) return { reason: 'certificate_not_yet_valid', detail: `valid from ${check.certificate.notBefore.toISOString()}` }
-        if (at > check.certificate.notAfter.getTime()) return { reason: 'certificate_expired', detail: `expired ${check.certificate.notAfter.toISOString()}` }
+        if (at < check.certificate.notBefore) return { reason: 'certificate_not_yet_valid', detail: `valid from ${new Date(check.certificate.notBefore).toISOString()}` }
+        if (at > check.certificate.notAfter) return { reason: 'certificate_expired', detail: `expired ${new Date(check.certificate.notAfter).toISOString()}` }
       }
     },
     {
@@ -155,7 +155,7 @@ export function createDeviceAuthenticator (deps: DeviceAuthenticatorDeps) {
         const { chainError, chainNotBefore, chainNotAfter } = a.certificate!
         if (chainError !== undefined) return { reason: 'untrusted_certificate', detail: chainError }
         const at = now()
-        if (at < chainNotBefore.getTime() || at > chainNotAfter.getTime()) return { reason: 'untrusted_certificate', detail: 'an intermediate CA certificate is outside its validity period' }
+        if (at < chainNotBefore || at > chainNotAfter) return { reason: 'untrusted_certificate', detail: 'an intermediate CA certificate is outside its validity period' }
       }
     },
     {
@@ -189,7 +189,8 @@ export function createDeviceAuthenticator (deps: DeviceAuthenticatorDeps) {
     {
       name: 'revocation',
       run: async (a) => {
-        const { revoked } = await deps.admission.admit(a.serial!, a.certificate!)
+        const { fingerprint, notAfter } = a.certificate!
+        const { revoked } = await deps.admission.admit(a.serial!, { fingerprint, notAfter: new Date(notAfter) })
         if (revoked) return { reason: 'revoked', detail: 'the device is revoked' }
       }
     }

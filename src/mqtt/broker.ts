@@ -36,7 +36,8 @@ export interface Broker {
   readonly bus: MessageBus
   readonly heartbeatIntervalMs: number
   publish: Publish
-  handleConnection (stream: Duplex, request?: IncomingMessage): Client
+  /** `remoteAddress`: of a stream that is not a socket (MQTT over WebSocket), for the logs. */
+  handleConnection (stream: Duplex, remoteAddress?: string): Client
   /** Broker ids of other nodes heard from within three heartbeats. */
   liveNodeIds (): string[]
   close (): Promise<void>
@@ -94,9 +95,12 @@ export async function createBroker (settings: BrokerSettings, hooks: BrokerHooks
     bus: mq,
     heartbeatIntervalMs,
     publish,
-    handleConnection (stream, request) {
+    handleConnection (stream, remoteAddress) {
+      // Aedes keeps its second argument as client.req for the connection's life, and only the
+      // remote address is read from it: the whole upgrade request would keep ~1 KiB per device.
+      const request = remoteAddress === undefined ? undefined : { socket: { remoteAddress } } as unknown as IncomingMessage
       const client = aedes.handle(stream, request)
-      limitPacketSize(client, settings.packetLimits, () => isAuthenticated(client))
+      limitPacketSize(client, settings.packetLimits, isAuthenticated)
       return client
     },
     liveNodeIds () {

@@ -87,7 +87,9 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
       // be published after a takeover, or by another node after this one dies, as a stale "offline").
       if (packet.will != null) {
         const willTopic = packet.will.topic
-        delete (packet as { will?: unknown }).will
+        // undefined rather than delete: a deleted property turns the packet, which the parser keeps
+        // for the connection's life, into a dictionary-mode object (~0.8 KiB more per device)
+        packet.will = undefined
         if (packet.username !== undefined && !isDeviceWillTopic(packet.username, willTopic)) {
           (client as { shepherdRejectedWill?: string }).shepherdRejectedWill = willTopic
         }

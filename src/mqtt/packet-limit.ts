@@ -15,20 +15,40 @@ export interface PacketLimits {
   afterAuthentication: number
 }
 
-export function limitPacketSize (client: object, limits: PacketLimits, isAuthenticated: () => boolean): void {
-  const parser = (client as { _parser?: PacketParser })._parser
-  if (parser === undefined || typeof parser._parseLength !== 'function') {
-    throw new Error('aedes client has no mqtt-packet parser to limit; check the aedes version')
-  }
-  const parseLength = parser._parseLength
-  parser._parseLength = function limitedParseLength (this: PacketParser): boolean {
+interface LimitedClient {
+  client: object
+  limits: PacketLimits
+  isAuthenticated (client: object): boolean
+}
+
+// The check is installed once on the parsers' prototype and finds each limited parser's client
+// here: a wrapper per parser would cost every connection a closure and a grown property array.
+const limited = new WeakMap<PacketParser, LimitedClient>()
+const patched = Symbol('shepherd packet limit')
+
+function patchPrototype (parser: PacketParser): void {
+  const prototype = Object.getPrototypeOf(parser) as PacketParser & { [patched]?: true }
+  if (prototype[patched] === true) return
+  const parseLength = prototype._parseLength
+  prototype._parseLength = function limitedParseLength (this: PacketParser): boolean {
     const complete = parseLength.call(this)
-    if (!complete) return false
-    const limit = isAuthenticated() ? limits.afterAuthentication : limits.beforeAuthentication
+    const entry = limited.get(this)
+    if (!complete || entry === undefined) return complete
+    const limit = entry.isAuthenticated(entry.client) ? entry.limits.afterAuthentication : entry.limits.beforeAuthentication
     if (this.packet.length > limit) {
       this._emitError(new Error(`packet of ${this.packet.length} bytes exceeds the limit of ${limit} bytes`))
       return false
     }
     return true
   }
+  prototype[patched] = true
+}
+
+export function limitPacketSize<C extends object> (client: C, limits: PacketLimits, isAuthenticated: (client: C) => boolean): void {
+  const parser = (client as { _parser?: PacketParser })._parser
+  if (parser === undefined || typeof parser._parseLength !== 'function') {
+    throw new Error('aedes client has no mqtt-packet parser to limit; check the aedes version')
+  }
+  patchPrototype(parser)
+  limited.set(parser, { client, limits, isAuthenticated })
 }

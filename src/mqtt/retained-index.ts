@@ -5,7 +5,7 @@
 // (aedes-persistence-redis already looks exact topics up by key, so it needs no index.)
 import { Readable } from 'node:stream'
 
-interface RetainedPacket { topic: string, payload: Buffer }
+interface RetainedPacket { cmd?: string, topic: string, payload: Buffer, qos?: number }
 
 export interface RetainedPersistence {
   storeRetained (packet: RetainedPacket, callback?: (error?: Error | null) => void): Promise<void> | void
@@ -23,7 +23,8 @@ export function withRetainedIndex<P extends RetainedPersistence> (persistence: P
 
   persistence.storeRetained = (packet, callback) => {
     if (packet.payload.length === 0) retained.delete(packet.topic)
-    else retained.set(packet.topic, { ...packet })
+    // what Aedes reads of a retained packet it delivers, not the whole packet: one per device
+    else retained.set(packet.topic, { cmd: packet.cmd, topic: packet.topic, payload: packet.payload, qos: packet.qos })
     return storeRetained(packet, callback)
   }
   persistence.createRetainedStreamCombi = (patterns) => {

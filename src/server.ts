@@ -166,6 +166,7 @@ export async function createServer (config: Config, options: ServerOptions = {})
     })
 
     control?.serve({
+      migrate: async () => [], // done above, at start
       revoke: async ({ serial }) => await registry.setRevoked(String(serial), true),
       'token.create': async ({ name }) => await tokens.create(String(name)),
       'token.list': async () => await tokens.list(),

@@ -1,6 +1,8 @@
 // A local control channel for the CLI while the server runs on the embedded database (PGlite
 // admits one process only): a Unix socket in $DATA_DIR, guarded by file permissions (0600),
 // carrying JSON requests for named operations. With DATABASE_URL the CLI uses PostgreSQL directly.
+// The socket is also the embedded database's lock: whoever opens $DATA_DIR/db holds it first — the
+// server for its lifetime, a CLI command (answering "busy") while it works on the files itself.
 import http from 'node:http'
 import { chmod, rm } from 'node:fs/promises'
 import path from 'node:path'
@@ -13,6 +15,24 @@ export function controlSocketPath (dataDir: string): string {
 }
 
 export class ControlUnavailable extends Error {}
+/** A CLI command holds DATA_DIR for a moment; try again shortly. */
+export class ControlBusy extends Error {}
+
+const BUSY_WAIT_MS = 30_000
+const sleep = (ms: number): Promise<void> => new Promise(resolve => setTimeout(resolve, ms))
+
+/** Runs `attempt` again while DATA_DIR is held by a CLI command, for up to 30 s. */
+export async function unlessBusy<T> (attempt: () => Promise<T>): Promise<T> {
+  const deadline = Date.now() + BUSY_WAIT_MS
+  for (;;) {
+    try {
+      return await attempt()
+    } catch (error) {
+      if (!(error instanceof ControlBusy) || Date.now() > deadline) throw error
+      await sleep(100)
+    }
+  }
+}
 
 /** Sends one operation to a running server; throws ControlUnavailable when none listens. */
 export async function callControl (dataDir: string, operation: string, input: Record<string, unknown>): Promise<unknown> {
@@ -24,11 +44,14 @@ export async function callControl (dataDir: string, operation: string, input: Re
       response.on('end', () => {
         const answer = JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}') as { result?: unknown, error?: string }
         if (response.statusCode === 200) resolve(answer.result)
+        else if (response.statusCode === 503) reject(new ControlBusy('DATA_DIR is held by another shepherd command'))
         else reject(new Error(answer.error ?? `control request failed with status ${response.statusCode}`))
       })
     })
     request.on('error', (error: NodeJS.ErrnoException) => {
-      reject(error.code === 'ENOENT' || error.code === 'ECONNREFUSED' ? new ControlUnavailable('no running server') : error)
+      if (error.code === 'ENOENT' || error.code === 'ECONNREFUSED') reject(new ControlUnavailable('no running server'))
+      else if (error.code === 'ECONNRESET') reject(new ControlBusy('the process holding DATA_DIR closed the connection')) // it is exiting: ask again
+      else reject(error)
     })
     request.end(body)
   })
@@ -41,16 +64,17 @@ export interface ControlSocket {
 }
 
 /**
- * Claims $DATA_DIR for this process before the embedded database is opened (a second server, or a
- * CLI that finds no socket, would otherwise open the same files): refuses when another server
- * answers there. Requests wait until `serve` provides the operations.
+ * Claims $DATA_DIR for this process before the embedded database is opened: refuses when a server
+ * answers there, waits while a CLI command holds it. A server's requests wait until `serve`
+ * provides the operations; a CLI command's claim (`busy`) answers every request with 503.
  */
-export async function startControlSocket (dataDir: string): Promise<ControlSocket> {
+export async function startControlSocket (dataDir: string, options: { busy?: boolean } = {}): Promise<ControlSocket> {
   const socketPath = controlSocketPath(dataDir)
   try {
-    await callControl(dataDir, 'ping', {})
+    await unlessBusy(() => callControl(dataDir, 'ping', {}))
     throw new StartupError(`another Shepherd server is running on DATA_DIR=${dataDir} (its embedded database admits one process); stop it or set DATA_DIR to another directory`)
   } catch (error) {
+    if (error instanceof ControlBusy) throw new StartupError(`DATA_DIR=${dataDir} stayed held by another shepherd command for ${BUSY_WAIT_MS / 1000} s`)
     if (!(error instanceof ControlUnavailable)) throw error
   }
   await rm(socketPath, { force: true }) // left behind by a process that died
@@ -64,6 +88,7 @@ export async function startControlSocket (dataDir: string): Promise<ControlSocke
         response.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(payload))
       }
       const name = request.url?.slice(1) ?? ''
+      if (options.busy === true) return reply(503, { error: 'busy' })
       if (name === 'ping') return reply(200, { result: 'pong' })
       void served.then((operations) => {
         const operation = Object.hasOwn(operations, name) ? operations[name] : undefined

@@ -3,13 +3,11 @@
 // server starts on the same database. Also rows seeded directly (a foreign node id, no node id).
 import t from 'tap'
 import type { Test } from 'tap'
-import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { Writable, type Readable } from 'node:stream'
-import { fileURLToPath } from 'node:url'
 import pg from 'pg'
 import { connectDevice } from '../../src/device-client/device-client.js'
 import { loadConfig } from '../../src/config.js'
@@ -19,8 +17,8 @@ import { deviceTopic } from '../../src/topics.js'
 import type { Device } from '../../src/devices/types.js'
 import { createTestDatabase, DATABASES, eventually, startTestServer, type DatabaseChoice } from '../helpers/server.js'
 import { createTestPki, uniqueSerial, type TestPki } from '../helpers/pki.js'
+import { spawnShepherdServer } from '../helpers/cli.js'
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 
 interface StatusMessage { status: string, reason?: string, at: string }
 
@@ -68,35 +66,6 @@ async function startAgain (t: Test, database: DatabaseChoice, where: { dataDir: 
   return { server: ts.server, httpUrl: ts.httpUrl, wsUrl: ts.wsUrl, logs: ts.logs }
 }
 
-/** `shepherd start` as its own process; answers it and its HTTP port once it listens. */
-async function spawnServer (t: Test, env: Record<string, string>): Promise<{ child: ChildProcess, httpPort: number, nodeId: string }> {
-  const child = spawn(process.execPath, ['bin/shepherd', 'start'], {
-    cwd: ROOT,
-    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', HOST: '127.0.0.1', PORT: '0', MQTT_PORT: '0', LOG_LEVEL: 'info', ...env },
-    stdio: ['ignore', 'pipe', 'pipe']
-  })
-  t.teardown(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL') })
-  let stderr = ''
-  child.stderr!.on('data', (chunk: Buffer) => { stderr += chunk.toString() })
-  let buffered = ''
-  return await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => { reject(new Error(`shepherd start did not listen within 90 s; stderr: ${stderr}`)) }, 90_000)
-    child.on('exit', (code) => { clearTimeout(timer); reject(new Error(`shepherd start exited with ${code}: ${stderr}`)) })
-    child.stdout!.on('data', (chunk: Buffer) => {
-      buffered += chunk.toString()
-      for (const line of buffered.split('\n').slice(0, -1)) {
-        if (!line.startsWith('{')) continue
-        const entry = JSON.parse(line) as { msg?: string, http?: number, node?: string }
-        if (entry.msg === 'Shepherd listening' && entry.http !== undefined && entry.node !== undefined) {
-          clearTimeout(timer)
-          resolve({ child, httpPort: entry.http, nodeId: entry.node })
-        }
-      }
-      buffered = buffered.slice(buffered.lastIndexOf('\n') + 1)
-    })
-  })
-}
-
 for (const database of DATABASES) {
   t.test(`a node killed while holding a device leaves it online; the next server sweeps it to offline/lost (${database})`, async (t) => {
     const pki = await createTestPki()
@@ -111,7 +80,7 @@ for (const database of DATABASES) {
       databaseUrl = created.url
     }
 
-    const dead = await spawnServer(t, { DATA_DIR: dataDir, FLEET_CA_PATH: caPath, ...(databaseUrl === undefined ? {} : { DATABASE_URL: databaseUrl }) })
+    const dead = await spawnShepherdServer(t, { DATA_DIR: dataDir, FLEET_CA_PATH: caPath, ...(databaseUrl === undefined ? {} : { DATABASE_URL: databaseUrl }) })
     const serial = uniqueSerial('swept')
     const device = await connectDevice({ url: `ws://127.0.0.1:${dead.httpPort}/mqtt`, identity: await pki.device(serial) })
     t.teardown(() => device.mqtt.end(true))

@@ -30,6 +30,24 @@ export interface Config {
   readonly mqttMaxPacketBytes: number
   /** A bearer token accepted on /metrics besides the API tokens (for a Prometheus scraper). */
   readonly metricsToken: string | undefined
+  /** METRICS_HANDLERS: built-in handler names or module paths, in order. */
+  readonly metricsHandlers: readonly string[]
+  /** Oldest accepted recorded_at of a metric point, in seconds before now. */
+  readonly metricsMaxAgeSeconds: number
+  /** Metric points the pipeline queues before it holds publishers back (its high-water mark). */
+  readonly metricsQueuePoints: number
+  /** Most `shepherd_device_metric` series the prometheus handler keeps. */
+  readonly metricsPrometheusMaxSeries: number
+  /** Days the postgres handler keeps metric points; 0 keeps them forever. */
+  readonly metricsRetentionDays: number
+}
+
+export const BUILT_IN_METRICS_HANDLERS = ['logger', 'postgres', 'prometheus'] as const
+export type BuiltInMetricsHandler = typeof BUILT_IN_METRICS_HANDLERS[number]
+
+/** A METRICS_HANDLERS entry that names a module rather than a built-in handler. */
+export function isMetricsHandlerPath (entry: string): boolean {
+  return /[/\\]/.test(entry) || /\.[cm]?[jt]s$/.test(entry)
 }
 
 const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']
@@ -79,6 +97,14 @@ export function loadConfig (env: Env = process.env, overrides: Partial<Config> =
   if (metricsToken !== undefined && !/^\S{16,}$/.test(metricsToken)) {
     problems.push('METRICS_TOKEN must be at least 16 characters without spaces (a bearer token)')
   }
+  const metricsHandlers = (read('METRICS_HANDLERS') ?? 'logger,postgres').split(',').map(entry => entry.trim())
+  for (const [i, entry] of metricsHandlers.entries()) {
+    if (entry === '') problems.push('METRICS_HANDLERS has an empty entry (a comma list, e.g. "logger,postgres")')
+    else if (metricsHandlers.indexOf(entry) !== i) problems.push(`METRICS_HANDLERS lists ${JSON.stringify(entry)} twice`)
+    else if (!isMetricsHandlerPath(entry) && !(BUILT_IN_METRICS_HANDLERS as readonly string[]).includes(entry)) {
+      problems.push(`METRICS_HANDLERS: unknown handler ${JSON.stringify(entry)} (built-in: ${BUILT_IN_METRICS_HANDLERS.join(', ')}; or a module path such as ./my-handler.js)`)
+    }
+  }
   const fleetCaPem = read('FLEET_CA_PEM')
   if (fleetCaPem !== undefined && !fleetCaPem.includes('-----BEGIN CERTIFICATE-----')) {
     problems.push('FLEET_CA_PEM must hold a PEM certificate (-----BEGIN CERTIFICATE-----)')
@@ -102,6 +128,11 @@ export function loadConfig (env: Env = process.env, overrides: Partial<Config> =
     nodeName: read('NODE_NAME') ?? hostname(),
     mqttMaxPacketBytes: integer('MQTT_MAX_PACKET_SIZE', 256 * 1024, 1024, 16 * 1024 * 1024),
     metricsToken,
+    metricsHandlers,
+    metricsMaxAgeSeconds: integer('METRICS_MAX_AGE', 604_800, 1, 10 * 366 * 86_400),
+    metricsQueuePoints: integer('METRICS_QUEUE_POINTS', 10_000, 1_000, 1_000_000),
+    metricsPrometheusMaxSeries: integer('METRICS_PROMETHEUS_MAX_SERIES', 10_000, 1, 1_000_000),
+    metricsRetentionDays: integer('METRICS_RETENTION_DAYS', 30, 0, 36_500),
     ...overrides
   }
   if (problems.length > 0) throw new ConfigError(problems)

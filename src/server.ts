@@ -1,6 +1,7 @@
 // Composition root: config → storage → domain → edges. `createServer` wires everything from one
 // typed Config; `listen` opens the ports, `close` shuts down in order (stop accepting, mark
-// devices offline with reason server_shutdown, close the broker, close the database).
+// devices offline with reason server_shutdown, close the broker, flush the metrics pipeline and
+// close its handlers, close the database).
 import { randomUUID } from 'node:crypto'
 import { readFile, mkdir } from 'node:fs/promises'
 import type { FastifyInstance } from 'fastify'
@@ -23,6 +24,8 @@ import { startTcpListener, type TcpListener } from './mqtt/tcp-listener.js'
 import { buildHttpApp } from './http/app.js'
 import { healthRoutes } from './http/routes/health.js'
 import { deviceRoutes } from './http/routes/devices.js'
+import { deviceMetricsRoutes } from './http/routes/device-metrics.js'
+import { createMetricsRepository } from './storage/repos/metrics-repo.js'
 import { eventRoutes } from './http/routes/events.js'
 import { metricsRoutes } from './http/routes/metrics.js'
 import { createEventBus, type EventBus, type MessageEmitter } from './events/event-bus.js'
@@ -37,6 +40,8 @@ import { listenOn } from './listen.js'
 import { startControlSocket } from './control/control-socket.js'
 import { createTelemetry } from './telemetry.js'
 import type { Publish } from './ports.js'
+import { createMetricsHandlers } from './metrics/handlers/index.js'
+import { createMetricsPipeline, type MetricsPipeline } from './metrics/pipeline.js'
 
 export interface ServerOptions {
   logger?: Logger
@@ -120,12 +125,20 @@ export async function createServer (config: Config, options: ServerOptions = {})
       if (broker === undefined) throw new Error('broker not started')
       await broker.publish(...args)
     }
-    const telemetry = createTelemetry({ connectedDevices: () => broker?.aedes.connectedClients ?? 0 })
+    let metricsPipeline: MetricsPipeline | undefined
+    const telemetry = createTelemetry({ connectedDevices: () => broker?.aedes.connectedClients ?? 0, metricsPipeline: () => metricsPipeline?.state() })
+    const metricsHandlers = await createMetricsHandlers(config, {
+      logger: logger.child({ component: 'metrics' }), registry: telemetry.registry, knex: db.knex, dataDir: config.dataDir
+    })
+    const pipeline = metricsPipeline = createMetricsPipeline({
+      handlers: metricsHandlers, logger, stats: telemetry.metricsStats, maxAgeSeconds: config.metricsMaxAgeSeconds, queuePoints: config.metricsQueuePoints
+    })
+    cleanups.push(() => pipeline.close())
     const presence = createPresence({ repo, publish, nodeId, logger, events })
     const authenticator = createDeviceAuthenticator({
       trust, replayGuard, admission: registry.admission, timestampToleranceSeconds: config.timestampToleranceSeconds
     })
-    const gateway = createDeviceGateway({ authenticator, registry, presence, publish, logger, stats: telemetry.stats })
+    const gateway = createDeviceGateway({ authenticator, registry, presence, publish, logger, stats: telemetry.stats, metrics: pipeline })
     disconnectDevice = (serial) => { gateway.disconnectDevice(serial, 'revoked') }
 
     broker = await createBroker({
@@ -152,6 +165,7 @@ export async function createServer (config: Config, options: ServerOptions = {})
 
     const tokens = createApiTokens(createApiTokenRepository(db.knex))
     const devices = createDeviceAdmin({ repo, registry, kicker: revocations, publish })
+    const metricsRepo = createMetricsRepository(db.knex)
     const http = await buildHttpApp({
       logger, broker: startedBroker, tls, maxWebSocketPayloadBytes: config.mqttMaxPacketBytes,
       tokens,
@@ -160,7 +174,8 @@ export async function createServer (config: Config, options: ServerOptions = {})
         healthRoutes({ countOnlineDevices: registry.countOnline }),
         eventRoutes({ subscribe: startedEventBus.subscribe, heartbeatMs: options.sseHeartbeatMs ?? 15_000 }),
         metricsRoutes({ metrics: () => telemetry.registry.metrics(), tokens, metricsToken: config.metricsToken }),
-        deviceRoutes({ devices }),
+        deviceRoutes({ devices, latestMetrics: serial => metricsRepo.latest(serial) }),
+        deviceMetricsRoutes({ metrics: metricsRepo, deviceExists: async serial => await devices.get(serial) !== undefined }),
         groupRoutes({ groups: createGroups(createGroupRepository(db.knex)) })
       ]
     })
@@ -184,6 +199,7 @@ export async function createServer (config: Config, options: ServerOptions = {})
       logger.info({ devices: count }, 'devices marked offline (server_shutdown)')
       await startedBroker.close()
       await Promise.all([httpClosed, tcpClosed, presence.settled()])
+      await pipeline.close()
       await closeAll()
     }
 

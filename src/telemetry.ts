@@ -2,8 +2,10 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import { REFUSAL_REASONS } from './auth/device-authenticator.js'
 import type { GatewayStats } from './mqtt/device-gateway.js'
+import { DROP_REASONS, type PipelineState, type PipelineStats } from './metrics/pipeline.js'
+import { PAYLOAD_REJECTIONS, POINT_REJECTIONS } from './metrics/points.js'
 
-export function createTelemetry (options: { connectedDevices: () => number }) {
+export function createTelemetry (options: { connectedDevices: () => number, metricsPipeline?: () => PipelineState | undefined }) {
   const registry = new Registry()
   collectDefaultMetrics({ register: registry, prefix: 'shepherd_' })
   const connects = new Counter({ name: 'shepherd_device_connects_total', help: 'Device connections accepted', registers: [registry] })
@@ -23,6 +25,46 @@ export function createTelemetry (options: { connectedDevices: () => number }) {
     registers: [registry]
   })
 
+  // --- metrics ingestion (src/metrics/pipeline.ts) ---
+  const counter = (name: string, help: string, labelNames: string[] = []): Counter => new Counter({ name, help, labelNames, registers: [registry] })
+  const pointsAccepted = counter('shepherd_metrics_points_accepted_total', 'Metric points validated and queued')
+  const pointsRejected = counter('shepherd_metrics_points_rejected_total', 'Metric points dropped as invalid, by reason', ['reason'])
+  for (const reason of POINT_REJECTIONS) pointsRejected.inc({ reason }, 0)
+  const payloadsRejected = counter('shepherd_metrics_payloads_rejected_total', 'Metrics messages refused as a whole, by reason', ['reason'])
+  for (const reason of PAYLOAD_REJECTIONS) payloadsRejected.inc({ reason }, 0)
+  const pointsDropped = counter('shepherd_metrics_points_dropped_total', 'Valid metric points dropped by backpressure, by reason', ['reason'])
+  for (const reason of DROP_REASONS) pointsDropped.inc({ reason }, 0)
+  const handlerFailures = counter('shepherd_metrics_handler_failures_total', 'Metric batches a handler failed on, by handler', ['handler'])
+  const handlerDropped = counter('shepherd_metrics_handler_batches_dropped_total', 'Metric batches a lossy handler dropped from its full backlog, by handler', ['handler'])
+  const handlerDuration = new Histogram({
+    name: 'shepherd_metrics_handler_duration_seconds',
+    help: 'Time a metrics handler took for one batch, by handler',
+    labelNames: ['handler'],
+    buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10],
+    registers: [registry]
+  })
+  const pipelineGauge = (name: string, help: string, read: (state: PipelineState) => number): void => {
+    new Gauge({ // eslint-disable-line no-new
+      name, help, registers: [registry],
+      collect () { this.set(read(options.metricsPipeline?.() ?? { queuedPoints: 0, heldPublishes: 0, saturated: false })) }
+    })
+  }
+  pipelineGauge('shepherd_metrics_queue_points', 'Metric points queued, not yet handed to the handlers', s => s.queuedPoints)
+  pipelineGauge('shepherd_metrics_held_publishes', 'Metrics publishes held back (not yet acknowledged) while the pipeline is saturated', s => s.heldPublishes)
+  pipelineGauge('shepherd_metrics_saturated', '1 while the metrics pipeline is saturated (devices are slowed, QoS 0 points dropped)', s => s.saturated ? 1 : 0)
+  const metricsStats: PipelineStats = {
+    pointsAccepted: (count) => { pointsAccepted.inc(count) },
+    pointsRejected: (reason, count) => { pointsRejected.inc({ reason }, count) },
+    payloadRejected: (reason) => { payloadsRejected.inc({ reason }) },
+    pointsDropped: (reason, count) => { pointsDropped.inc({ reason }, count) },
+    handlerRan: (handler, seconds, failed) => {
+      handlerDuration.observe({ handler }, seconds)
+      if (failed) handlerFailures.inc({ handler })
+    },
+    handlerBatchDropped: (handler) => { handlerDropped.inc({ handler }) }
+  }
+  // --- end of metrics ingestion ---
+
   const stats: GatewayStats = {
     connectAccepted: () => { connects.inc() },
     connectRefused: (reason) => { refusals.inc({ reason }) },
@@ -33,5 +75,5 @@ export function createTelemetry (options: { connectedDevices: () => number }) {
   const observeHttpRequest = (route: string, method: string, statusCode: number, seconds: number): void => {
     httpDuration.observe({ method, route, status_code: statusCode }, seconds)
   }
-  return { registry, stats, observeHttpRequest }
+  return { registry, stats, metricsStats, observeHttpRequest }
 }

@@ -10,6 +10,7 @@ import type { DisconnectReason } from '../devices/types.js'
 import type { Presence } from '../presence/presence.js'
 import type { Logger } from '../logger.js'
 import type { Publish } from '../ports.js'
+import type { MetricsPipeline } from '../metrics/pipeline.js'
 import { deviceTopic, parseDeviceTopic } from '../topics.js'
 
 /** What we know about an accepted device connection. */
@@ -49,6 +50,8 @@ export interface DeviceGatewayDeps {
   publish: Publish
   logger: Logger
   stats: GatewayStats
+  /** Takes the devices' own `metrics` publishes (contract §3). */
+  metrics?: Pick<MetricsPipeline, 'ingest'>
 }
 
 function remoteAddress (client: Client): string | undefined {
@@ -64,7 +67,7 @@ function authError (verdict: Extract<Verdict, { ok: false }>): AuthenticateError
 }
 
 export function createDeviceGateway (deps: DeviceGatewayDeps) {
-  const { authenticator, registry, presence, publish, logger, stats } = deps
+  const { authenticator, registry, presence, publish, logger, stats, metrics } = deps
   const sessions = new WeakMap<Client, DeviceSession>()
   /** CONNECT packets between preConnect and authenticate, to drop the credential once checked. */
   const connects = new WeakMap<Client, { password?: Buffer }>()
@@ -140,6 +143,23 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
         packet.topic = DROPPED_TOPIC
         packet.retain = false
         packet.payload = Buffer.alloc(0)
+      } else if (decision.leaf === 'metrics' && metrics !== undefined && client !== null) {
+        // Ingested before the callback: Aedes sends the PUBACK after it, so a PUBACK means the
+        // points are validated and queued. While the pipeline is saturated the callback waits,
+        // and Aedes reads nothing more from this connection until it is called.
+        const { serial } = session
+        const topic = packet.topic
+        metrics.ingest({
+          serial,
+          payload: packet.payload,
+          qos: packet.qos,
+          gone: () => client.closed,
+          report: (reason) => {
+            logger.debug({ serial, reason }, 'metric points dropped')
+            reportRejection(serial, topic, reason)
+          }
+        }, () => { callback(null) })
+        return
       }
       callback(null)
     },

@@ -25,7 +25,12 @@ export const DeviceView = Type.Object({
   metadata: Metadata,
   group_id: Type.Union([Type.Integer(), Type.Null()]),
   inserted_at: Type.String({ format: 'date-time' }),
-  updated_at: Type.String({ format: 'date-time' })
+  updated_at: Type.String({ format: 'date-time' }),
+  latest_metrics: Type.Optional(Type.Record(Type.String(), Type.Object({
+    value: Type.Number(),
+    unit: Type.Union([Type.String(), Type.Null()]),
+    recorded_at: Type.String({ format: 'date-time' })
+  }), { description: 'the latest stored value of each metric (GET of one device only; needs the postgres metrics handler)' }))
 }, { $id: 'Device' })
 
 const Nickname = Type.Union([Type.String({ minLength: 1, maxLength: 128 }), Type.Null()])
@@ -62,8 +67,10 @@ export function deviceView ({ id: _id, connection_id: _connection, ...device }: 
   }
 }
 
-export function deviceRoutes (deps: { devices: DeviceAdmin }): FastifyPluginAsync {
-  const { devices } = deps
+export interface LatestMetricValue { value: number, unit: string | null, recorded_at: Date }
+
+export function deviceRoutes (deps: { devices: DeviceAdmin, latestMetrics?: (serial: string) => Promise<Record<string, LatestMetricValue>> }): FastifyPluginAsync {
+  const { devices, latestMetrics } = deps
   return async (plain) => {
     const app = plain.withTypeProvider<TypeBoxTypeProvider>()
     const tags = ['devices']
@@ -84,7 +91,12 @@ export function deviceRoutes (deps: { devices: DeviceAdmin }): FastifyPluginAsyn
 
     app.get('/api/devices/:serial', {
       schema: { summary: 'One device', tags, params: SerialParams, response: { 200: DeviceView, ...errors(401, 404) } }
-    }, async (request) => deviceView(await existing(request.params.serial)))
+    }, async (request) => {
+      const view = deviceView(await existing(request.params.serial))
+      if (latestMetrics === undefined) return view
+      const latest = await latestMetrics(request.params.serial)
+      return { ...view, latest_metrics: Object.fromEntries(Object.entries(latest).map(([name, metric]) => [name, { ...metric, recorded_at: metric.recorded_at.toISOString() }])) }
+    })
 
     app.patch('/api/devices/:serial', {
       schema: { summary: 'Change nickname, group or metadata', tags, params: SerialParams, body: DevicePatch, response: { 200: DeviceView, ...errors(400, 401, 404) } }

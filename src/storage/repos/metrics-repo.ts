@@ -1,0 +1,134 @@
+// knex implementation of metric storage: idempotent batch inserts (metric_points, metric_latest,
+// metric_batches in one statement), the keyset-paged history query, latest values, and retention.
+// Every statement runs unchanged on PostgreSQL 15 and on PGlite.
+import type { Knex } from 'knex'
+import type { MetricBatch } from '../../metrics/types.js'
+
+export interface StoredPoint {
+  id: string
+  name: string
+  value: number
+  unit: string | null
+  recorded_at: Date
+  received_at: Date
+  /** recorded_at in microseconds since the epoch (exact, for the cursor). */
+  recorded_us: string
+}
+
+export interface PointQuery {
+  serial: string
+  name?: string
+  since?: Date
+  until?: Date
+  /** Keyset position: rows strictly older than this (recorded_at µs, id). */
+  before?: { recordedUs: string, id: string }
+  limit: number
+}
+
+export interface LatestMetric { value: number, unit: string | null, recorded_at: Date }
+
+export interface MetricsRepository {
+  /** Stores the batches whose ids were not stored before; answers how many were new. */
+  storeBatches (batches: readonly MetricBatch[]): Promise<number>
+  listPoints (query: PointQuery): Promise<StoredPoint[]>
+  latest (serial: string): Promise<Record<string, LatestMetric>>
+  /** Deletes at most `limit` points recorded before `cutoff`; answers how many. */
+  prunePoints (cutoff: Date, limit: number): Promise<number>
+  /** Deletes latest values recorded before `cutoff` (a device silent for the whole retention). */
+  pruneLatest (cutoff: Date): Promise<number>
+  /** Deletes at most `limit` batch ids stored before `cutoff`; answers how many. */
+  pruneBatchIds (cutoff: Date, limit: number): Promise<number>
+}
+
+// One statement, so it is atomic without an explicit transaction (one round trip, and PGlite's
+// single connection is held once): the batch ids that are new decide which points go in.
+const STORE_SQL = `
+WITH batch AS (
+  SELECT * FROM unnest(?::uuid[]) WITH ORDINALITY AS b (id, n)
+), new_batch AS (
+  INSERT INTO metric_batches (id) SELECT id FROM batch ON CONFLICT (id) DO NOTHING RETURNING id
+), point AS (
+  SELECT p.* FROM unnest(?::int[], ?::text[], ?::text[], ?::float8[], ?::text[], ?::timestamptz[], ?::timestamptz[])
+    AS p (n, serial, name, value, unit, recorded_at, received_at)
+  WHERE p.n IN (SELECT batch.n FROM batch JOIN new_batch USING (id))
+), stored AS (
+  INSERT INTO metric_points (serial, name, value, unit, recorded_at, received_at)
+  SELECT serial, name, value, unit, recorded_at, received_at FROM point
+), latest AS (
+  INSERT INTO metric_latest (serial, name, value, unit, recorded_at)
+  SELECT DISTINCT ON (serial, name) serial, name, value, unit, recorded_at FROM point
+  ORDER BY serial, name, recorded_at DESC
+  ON CONFLICT (serial, name) DO UPDATE SET value = EXCLUDED.value, unit = EXCLUDED.unit, recorded_at = EXCLUDED.recorded_at
+  WHERE metric_latest.recorded_at <= EXCLUDED.recorded_at
+)
+SELECT count(*)::int AS stored FROM new_batch`
+
+export function createMetricsRepository (knex: Knex): MetricsRepository {
+  return {
+    async storeBatches (batches) {
+      if (batches.length === 0) return 0
+      const n: number[] = []
+      const serial: string[] = []
+      const name: string[] = []
+      const value: number[] = []
+      const unit: Array<string | null> = []
+      const recordedAt: string[] = []
+      const receivedAt: string[] = []
+      batches.forEach((batch, i) => {
+        for (const point of batch.points) {
+          n.push(i + 1)
+          serial.push(point.serial)
+          name.push(point.name)
+          value.push(point.value)
+          unit.push(point.unit)
+          recordedAt.push(point.recordedAt.toISOString())
+          receivedAt.push(point.receivedAt.toISOString())
+        }
+      })
+      // knex's binding types do not admit arrays with nulls; pg and PGlite send them as array literals
+      const bindings = [batches.map(batch => batch.id), n, serial, name, value, unit, recordedAt, receivedAt] as unknown as Knex.RawBinding[]
+      const result = await knex.raw(STORE_SQL, bindings) as { rows: Array<{ stored: number }> }
+      return result.rows[0]!.stored
+    },
+
+    async listPoints ({ serial, name, since, until, before, limit }) {
+      const query = knex('metric_points')
+        .where({ serial })
+        .orderBy([{ column: 'recorded_at', order: 'desc' }, { column: 'id', order: 'desc' }])
+        .limit(limit)
+        .select('id', 'name', 'value', 'unit', 'recorded_at', 'received_at',
+          knex.raw("(extract(epoch from recorded_at) * 1000000)::bigint::text AS recorded_us"))
+      if (name !== undefined) query.where({ name })
+      if (since !== undefined) query.where('recorded_at', '>=', since)
+      if (until !== undefined) query.where('recorded_at', '<=', until)
+      if (before !== undefined) {
+        query.whereRaw("(recorded_at, id) < (timestamptz 'epoch' + ?::bigint * interval '1 microsecond', ?::bigint)", [before.recordedUs, before.id])
+      }
+      const rows = await query as StoredPoint[]
+      return rows.map(row => ({ ...row, id: String(row.id), value: Number(row.value) }))
+    },
+
+    async latest (serial) {
+      const rows = await knex('metric_latest').where({ serial }).orderBy('name').select('name', 'value', 'unit', 'recorded_at') as Array<LatestMetric & { name: string }>
+      return Object.fromEntries(rows.map(({ name, ...latest }) => [name, { ...latest, value: Number(latest.value) }]))
+    },
+
+    async prunePoints (cutoff, limit) {
+      const result = await knex.raw(`WITH doomed AS (
+          DELETE FROM metric_points WHERE id IN (SELECT id FROM metric_points WHERE recorded_at < ? LIMIT ?) RETURNING 1
+        ) SELECT count(*)::int AS deleted FROM doomed`, [cutoff, limit]) as { rows: Array<{ deleted: number }> }
+      return result.rows[0]!.deleted
+    },
+
+    async pruneLatest (cutoff) {
+      return (await knex('metric_latest').where('recorded_at', '<', cutoff).delete().returning('serial')).length
+    },
+
+    async pruneBatchIds (cutoff, limit) {
+      const result = await knex.raw(`WITH doomed AS (
+          DELETE FROM metric_batches WHERE id IN (SELECT id FROM metric_batches WHERE stored_at < ? LIMIT ?) RETURNING 1
+        ) SELECT count(*)::int AS deleted FROM doomed`, [cutoff, limit]) as { rows: Array<{ deleted: number }> }
+      return result.rows[0]!.deleted
+    }
+  }
+}

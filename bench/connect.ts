@@ -6,18 +6,18 @@
 // runs in its own child process (bench/lib/broker-process.ts), which reports its CPU time and RSS;
 // this process is the load generator. Prints sessions/s, CONNACK p50/p99, broker CPU µs per
 // session and RSS per 1,000 devices for both, and Shepherd/baseline for sessions/s.
-import { createPrivateKey } from 'node:crypto'
-import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, rm } from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
-import { createFleetCa } from '../src/certs/pki.js'
-import { makeIdentity } from '../src/device-client/fleet.js'
 import type { DeviceIdentity } from '../src/device-client/device-client.js'
 import type { Transport } from './lib/brokers.js'
 import { forkBroker, type BrokerKind, type BrokerProcess } from './lib/broker-handle.js'
 import { baselineDevice, connectAll, disconnectAll, shepherdDevice } from './lib/load.js'
-import { createThrowawayDatabase, resourceWarnings, type ThrowawayDatabase } from './lib/environment.js'
+import {
+  busyMachineWarning, createThrowawayDatabase, loadAverage, machineDescription, resourceWarnings, type ThrowawayDatabase
+} from './lib/environment.js'
+import { makeBenchFleet } from './lib/fleet.js'
 
 const MAX_DEVICES = 20_000
 
@@ -119,21 +119,13 @@ setInterval(() => { console.error(`... ${phase}`) }, 30_000).unref()
 
 interface Fleet { caPath: string, devices: DeviceIdentity[], warmup: DeviceIdentity[] }
 
-/** The Fleet CA (written to `dir`) and every device identity, key parsed once rather than per CONNECT. */
 async function makeFleet (dir: string): Promise<Fleet> {
   phase = `making ${options.devices + options.warmup} device identities`
-  const started = performance.now()
-  const ca = await createFleetCa()
-  const caPath = path.join(dir, 'fleet_ca.pem')
-  await writeFile(caPath, ca.certificate.toString('pem'))
-  const make = (prefix: string, count: number): Promise<DeviceIdentity[]> => Promise.all(Array.from({ length: count }, async (_, i) => {
-    const identity = await makeIdentity(ca, `${prefix}-${String(i + 1).padStart(5, '0')}`)
-    const key = identity.privateKey
-    return { ...identity, privateKey: typeof key === 'string' ? createPrivateKey(key) : key }
-  }))
-  const fleet = { caPath, devices: await make('bench', options.devices), warmup: await make('warmup', options.warmup) }
-  console.log(`(made ${options.devices + options.warmup} device identities in ${((performance.now() - started) / 1000).toFixed(1)} s, not timed)`)
-  return fleet
+  const { caPath, groups: [devices, warmup], elapsedMs } = await makeBenchFleet(dir, [
+    { prefix: 'bench', count: options.devices }, { prefix: 'warmup', count: options.warmup }
+  ])
+  console.log(`(made ${options.devices + options.warmup} device identities in ${(elapsedMs / 1000).toFixed(1)} s, not timed)`)
+  return { caPath, devices: devices!, warmup: warmup! }
 }
 
 async function measure (kind: BrokerKind, fleet: Fleet): Promise<Figures> {
@@ -207,13 +199,11 @@ function report (results: readonly Figures[]): void {
   }
 }
 
-const loadAverage = (): string => os.loadavg().map(value => value.toFixed(2)).join(' / ')
-const cpus = os.cpus()
 console.log('Shepherd connect benchmark')
 console.log(`workload: ${options.devices} devices over ${options.transport === 'ws' ? 'MQTT over WebSocket' : 'MQTT over TCP'}, ` +
   `database ${options.database} (Shepherd only), ${options.concurrency} CONNECTs in flight, ` +
   `${options.warmup} warm-up devices per broker (not measured), timeout ${options.timeoutSeconds} s`)
-console.log(`machine: ${os.availableParallelism()} cores (${cpus[0]?.model.trim() ?? 'unknown CPU'}), node ${process.version}, ${os.platform()} ${os.release()}`)
+console.log(`machine: ${machineDescription()}`)
 console.log('session: CONNECT (client id = username = serial, signed credential, will on its status topic), ' +
   'SUBSCRIBE to its commands/firmware/errors topics (QoS 1), and a retained online status on ' +
   'shepherd/devices/<serial>/status — published by Shepherd itself, by the device (QoS 1) on the baseline')
@@ -225,7 +215,8 @@ console.log('a session is complete once its CONNACK and SUBACK (baseline: also P
   'sessions/s = sessions / time from the first CONNECT to the last completion. CONNACK latency: from signing the credential to CONNACK, ' +
   'connection set-up and queueing behind the other CONNECTs in flight included')
 console.log(`load average at the start (1/5/15 min): ${loadAverage()}`)
-if (os.loadavg()[0]! > os.availableParallelism() / 2) console.log('WARNING: other processes are busy on this machine; throughput and latency figures will be noisy (CPU µs/session less so)')
+const busy = busyMachineWarning('CPU µs/session')
+if (busy !== undefined) console.log(`WARNING: ${busy}`)
 for (const warning of resourceWarnings(options.devices)) console.log(`WARNING: ${warning}`)
 
 try {

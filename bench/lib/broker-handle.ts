@@ -15,12 +15,22 @@ export interface BrokerSpec {
   dataDir: string
   fleetCaPath: string
   databaseUrl: string | undefined
+  /** More environment for Shepherd's loadConfig (METRICS_HANDLERS, for example). */
+  env?: Record<string, string>
+  /** Baseline: one in-process subscriber to every device's `metrics` topic that only counts (see the `received` request). */
+  metricsSubscriber?: boolean
   /** Write V8 CPU profiles of the broker process to <profileDir>/<kind>/ (node --cpu-prof). */
   profileDir?: string
 }
 
-/** CPU time (user + system, all threads) and resident set size (null if unreadable) of the broker process. */
-export interface Sample { cpuMicros: number, rssBytes: number | null }
+/**
+ * CPU time (user + system, all threads), resident set size and its peak over the process's life
+ * (VmHWM) of the broker process; null if unreadable.
+ */
+export interface Sample { cpuMicros: number, rssBytes: number | null, peakRssBytes: number | null }
+
+/** What the baseline's metrics subscriber has had: messages, and when the last one came (Date.now(), null before any). */
+export interface Received { messages: number, lastAtMs: number | null }
 
 export type Request =
   /**
@@ -30,12 +40,15 @@ export type Request =
   | { type: 'sample', moment: 'before' | 'after' }
   /** Answer once `count` devices have had their retained online status published by the broker. */
   | { type: 'sessions', count: number }
+  /** Answer at once with what the metrics subscriber has received (spec.metricsSubscriber). */
+  | { type: 'received' }
   | { type: 'close' }
 
 export type Reply =
   | { type: 'ready', url: string }
   | ({ type: 'sample' } & Sample)
   | { type: 'sessions', count: number }
+  | ({ type: 'received' } & Received)
   | { type: 'closed' }
   | { type: 'failed', message: string }
 
@@ -43,6 +56,7 @@ export interface BrokerProcess {
   readonly url: string
   sample (moment: 'before' | 'after'): Promise<Sample>
   sessions (count: number): Promise<void>
+  received (): Promise<Received>
   close (): Promise<void>
   /** SIGKILL (aborts only). */
   kill (): void
@@ -85,10 +99,14 @@ export async function forkBroker (spec: BrokerSpec): Promise<BrokerProcess> {
   return {
     url,
     sample: async (moment) => {
-      const { cpuMicros, rssBytes } = await expect('sample', { type: 'sample', moment })
-      return { cpuMicros, rssBytes }
+      const { cpuMicros, rssBytes, peakRssBytes } = await expect('sample', { type: 'sample', moment })
+      return { cpuMicros, rssBytes, peakRssBytes }
     },
     sessions: async (count) => { await expect('sessions', { type: 'sessions', count }) },
+    received: async () => {
+      const { messages, lastAtMs } = await expect('received', { type: 'received' })
+      return { messages, lastAtMs }
+    },
     close: async () => {
       const gone = new Promise(resolve => { if (exited !== undefined) resolve(undefined); else child.once('exit', resolve) })
       await expect('closed', { type: 'close' })

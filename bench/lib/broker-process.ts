@@ -1,6 +1,7 @@
-// Child-process entry of the connect benchmark: runs one broker (Shepherd or bare Aedes, per the
-// BrokerSpec in argv[2]), counts the retained online statuses it publishes, and answers the
-// driver's requests for its own CPU time and RSS (see broker-handle.ts for the protocol).
+// Child-process entry of the benchmarks: runs one broker (Shepherd or bare Aedes, per the
+// BrokerSpec in argv[2]), counts the retained online statuses it publishes (and, if asked, the
+// device metrics its one subscriber receives), and answers the driver's requests for its own CPU
+// time and RSS (see broker-handle.ts for the protocol).
 import { openSync, readSync } from 'node:fs'
 import { startBaseline, startShepherd, type BenchBroker } from './brokers.js'
 import type { BrokerSpec, Reply, Request } from './broker-handle.js'
@@ -17,7 +18,7 @@ const sendAndExit = (reply: Reply, code: number): void => {
 process.on('disconnect', () => { process.exit(1) }) // the driver went away
 
 const broker: BenchBroker = await (spec.kind === 'shepherd'
-  ? startShepherd({ transport: spec.transport, dataDir: spec.dataDir, fleetCaPath: spec.fleetCaPath, databaseUrl: spec.databaseUrl })
+  ? startShepherd({ transport: spec.transport, dataDir: spec.dataDir, fleetCaPath: spec.fleetCaPath, databaseUrl: spec.databaseUrl, env: spec.env })
   : startBaseline(spec.transport)
 ).catch((error: unknown) => {
   sendAndExit({ type: 'failed', message: `could not start: ${(error as Error).message}` }, 1)
@@ -38,6 +39,19 @@ broker.aedes.on('publish', (packet) => {
   answerSessions()
 })
 
+// The baseline's ceiling for ingestion: a subscriber inside the broker that does nothing but count.
+let metricMessages = 0
+let lastMetricAtMs: number | null = null
+if (spec.metricsSubscriber === true) {
+  await new Promise<void>(resolve => {
+    broker.aedes.subscribe('shepherd/devices/+/metrics', (_packet, done) => {
+      metricMessages++
+      lastMetricAtMs = Date.now()
+      done()
+    }, resolve)
+  })
+}
+
 /** Collects garbage twice, a second apart, so that RSS no longer holds what startup left behind. */
 async function settle (): Promise<void> {
   collectGarbage()
@@ -52,23 +66,26 @@ async function sample (moment: 'before' | 'after'): Promise<Reply> {
   }
   const { user, system } = process.cpuUsage()
   if (moment === 'after') await settle()
-  return { type: 'sample', cpuMicros: user + system, rssBytes: residentSetSize() }
+  return { type: 'sample', cpuMicros: user + system, ...residentSetSize() }
 }
 
 // process.memoryUsage() opens /proc/self/stat on each call, which fails (EMFILE) once the devices
 // have taken every descriptor; /proc/self/status opened up front can be reread at offset 0.
 const procStatus = (() => { try { return openSync('/proc/self/status', 'r') } catch { return undefined } })()
 
-/** Bytes, or null when it cannot be read. */
-function residentSetSize (): number | null {
+/** RSS and its peak (VmHWM) in bytes, each null when it cannot be read. */
+function residentSetSize (): { rssBytes: number | null, peakRssBytes: number | null } {
   try {
-    if (procStatus === undefined) return process.memoryUsage.rss()
+    if (procStatus === undefined) return { rssBytes: process.memoryUsage.rss(), peakRssBytes: null }
     const buffer = Buffer.alloc(8192)
     const text = buffer.toString('latin1', 0, readSync(procStatus, buffer, 0, buffer.length, 0))
-    const kib = /^VmRSS:\s+(\d+) kB$/m.exec(text)?.[1]
-    return kib === undefined ? process.memoryUsage.rss() : Number(kib) * 1024
+    const kib = (field: string): number | null => {
+      const value = new RegExp(`^${field}:\\s+(\\d+) kB$`, 'm').exec(text)?.[1]
+      return value === undefined ? null : Number(value) * 1024
+    }
+    return { rssBytes: kib('VmRSS') ?? process.memoryUsage.rss(), peakRssBytes: kib('VmHWM') }
   } catch {
-    return null
+    return { rssBytes: null, peakRssBytes: null }
   }
 }
 
@@ -80,6 +97,9 @@ process.on('message', (request: Request) => {
     case 'sessions':
       awaited = request.count
       answerSessions()
+      break
+    case 'received':
+      send({ type: 'received', messages: metricMessages, lastAtMs: lastMetricAtMs })
       break
     case 'close':
       broker.close().then(

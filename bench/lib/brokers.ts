@@ -1,4 +1,4 @@
-// The two brokers the connect benchmark compares, each started on 127.0.0.1 on an ephemeral port:
+// The two brokers the benchmarks compare, each started on 127.0.0.1 on an ephemeral port:
 // Shepherd in process (createServer, as in production, minus the port numbers) and a bare Aedes
 // (stock in-memory persistence, no hooks) behind the same transport (WebSocket at /mqtt or TCP).
 import { createServer as createHttpServer, Server as HttpServer } from 'node:http'
@@ -24,6 +24,8 @@ export interface ShepherdSettings {
   fleetCaPath: string
   /** PostgreSQL; PGlite in memory when undefined. */
   databaseUrl: string | undefined
+  /** More environment for loadConfig (METRICS_HANDLERS, for example); overrides the settings above. */
+  env?: Record<string, string>
 }
 
 export async function startShepherd (settings: ShepherdSettings): Promise<BenchBroker> {
@@ -32,9 +34,10 @@ export async function startShepherd (settings: ShepherdSettings): Promise<BenchB
     FLEET_CA_PATH: settings.fleetCaPath,
     HOST: '127.0.0.1',
     LOG_LEVEL: 'warn',
-    ...(settings.databaseUrl === undefined ? {} : { DATABASE_URL: settings.databaseUrl })
+    ...(settings.databaseUrl === undefined ? {} : { DATABASE_URL: settings.databaseUrl }),
+    ...settings.env
   })
-  const server = await createServer(config, { logger: createLogger('warn'), inMemoryDatabase: settings.databaseUrl === undefined })
+  const server = await createServer(config, { logger: createLogger(config.logLevel), inMemoryDatabase: settings.databaseUrl === undefined })
   const { httpPort, mqttPort } = await server.listen({ http: 0, mqtt: 0 })
   return {
     url: settings.transport === 'ws' ? `ws://127.0.0.1:${httpPort}/mqtt` : `mqtt://127.0.0.1:${mqttPort}`,

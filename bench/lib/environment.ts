@@ -1,6 +1,8 @@
-// What the connect benchmark needs from the machine: enough file descriptors and ephemeral ports
-// for N sockets on each side (warnings when short), and a throwaway PostgreSQL database.
+// What the benchmarks need from the machine: enough file descriptors and ephemeral ports for N
+// sockets on each side (warnings when short), a throwaway PostgreSQL database, and a description
+// of the machine and how busy it is.
 import { readFileSync } from 'node:fs'
+import os from 'node:os'
 import { execFileSync } from 'node:child_process'
 import pg from 'pg'
 
@@ -66,4 +68,17 @@ export async function createThrowawayDatabase (): Promise<ThrowawayDatabase> {
   const url = new URL(POSTGRES_ADMIN_URL)
   url.pathname = `/${name}`
   return { url: url.toString(), drop: () => admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`) }
+}
+
+export const loadAverage = (): string => os.loadavg().map(value => value.toFixed(2)).join(' / ')
+
+export function machineDescription (): string {
+  return `${os.availableParallelism()} cores (${os.cpus()[0]?.model.trim() ?? 'unknown CPU'}), node ${process.version}, ${os.platform()} ${os.release()}`
+}
+
+/** A warning when the 1-minute load average says other processes are busy, else undefined. */
+export function busyMachineWarning (less: string): string | undefined {
+  return os.loadavg()[0]! > os.availableParallelism() / 2
+    ? `other processes are busy on this machine; throughput and latency figures will be noisy (${less} less so)`
+    : undefined
 }

@@ -37,7 +37,7 @@ function subscriptions (serial: string): string[] {
 }
 
 /** Rejects when the connection closes; never settles otherwise. */
-function closeOf (client: MqttClient, what: string): Promise<never> {
+export function closeOf (client: MqttClient, what: string): Promise<never> {
   const closed = new Promise<never>((_resolve, reject) => { client.once('close', () => { reject(new Error(`connection closed before ${what}`)) }) })
   closed.catch(() => {})
   return closed

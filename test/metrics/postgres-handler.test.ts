@@ -16,6 +16,7 @@ import { createPostgresHandler, type PostgresHandlerOptions } from '../../src/me
 import type { MetricBatch, MetricPoint } from '../../src/metrics/types.js'
 import { openDatabase, type Database } from '../../src/storage/db.js'
 import { migrateLatest } from '../../src/storage/migrate.js'
+import { createMetricsRepository } from '../../src/storage/repos/metrics-repo.js'
 import { DATABASES, createTestDatabase, eventually, type DatabaseChoice } from '../helpers/server.js'
 
 const logger = createLogger('silent')
@@ -86,6 +87,9 @@ async function startProxy (t: Test, target: URL) {
     await new Promise<void>(resolve => server!.listen(port, '127.0.0.1', resolve))
     port = (server.address() as net.AddressInfo).port
   }
+  /** Holds every byte in both directions (a database that stopped answering) until `thaw`. */
+  function freeze (): void { for (const socket of sockets) socket.pause() }
+  function thaw (): void { for (const socket of sockets) socket.resume() }
   async function stop (): Promise<void> {
     const closed = new Promise(resolve => server?.close(resolve))
     for (const socket of sockets) socket.destroy()
@@ -95,7 +99,7 @@ async function startProxy (t: Test, target: URL) {
   t.teardown(stop)
   const url = new URL(target)
   url.host = `127.0.0.1:${port}`
-  return { url: url.toString(), start, stop }
+  return { url: url.toString(), start, stop, freeze, thaw }
 }
 
 for (const database of DATABASES) {
@@ -114,10 +118,10 @@ for (const database of DATABASES) {
 
       const newest = batches.filter(batch => batch.points[0]!.serial === 'dev-3')
         .flatMap(batch => batch.points).sort((a, b) => b.recordedAt.getTime() - a.recordedAt.getTime())[0]!
-      const latest = await db.knex('metric_latest').where({ serial: 'dev-3' })
-      t.equal(latest.length, 1)
-      t.equal(Number(latest[0].value), newest.value, 'latest is the newest recorded point, not the last stored')
-      t.equal(new Date(latest[0].recorded_at).getTime(), newest.recordedAt.getTime())
+      const latest = await createMetricsRepository(db.knex).latest('dev-3')
+      t.same(Object.keys(latest), ['cpu_percent'])
+      t.equal(latest.cpu_percent!.value, newest.value, 'latest is the newest recorded point, not the last stored')
+      t.equal(new Date(latest.cpu_percent!.recorded_at).getTime(), newest.recordedAt.getTime())
       t.same(await spillFiles(dataDir), [], 'nothing spilled')
     })
 
@@ -145,7 +149,7 @@ for (const database of DATABASES) {
       t.equal(await metricValue(registry, 'shepherd_metrics_postgres_dropped_batches_total'), 1)
     })
 
-    t.test('retention deletes old points in chunks and stale latest values; 0 keeps all', async (t) => {
+    t.test('retention deletes old points in chunks, and with them stale latest values; 0 keeps all', async (t) => {
       const db = await openTestDatabase(t, database)
       const dataDir = await tempDir(t)
       const { handler: keeper } = await handlerOn(db, dataDir, { retentionDays: 0 })
@@ -161,7 +165,9 @@ for (const database of DATABASES) {
       await handler.close()
       t.equal((await counts(db)).rows, 7)
       t.equal(await metricValue(registry, 'shepherd_metrics_postgres_pruned_points_total'), 12_005)
-      t.same((await db.knex('metric_latest').orderBy('serial').select('serial', 'name')).map(row => `${row.serial}/${row.name}`), ['mixed/cpu_percent'])
+      const repo = createMetricsRepository(db.knex)
+      t.same(Object.keys(await repo.latest('mixed')), ['cpu_percent'], 'no latest value older than the retention')
+      t.same(await repo.latest('old'), {})
     })
   })
 }
@@ -200,6 +206,34 @@ t.test('a PostgreSQL outage in the middle of a burst: memory, then spill files, 
   t.same(await counts(direct), { rows: total, distinct: total }, `${total} points, each once`)
   t.equal(await metricValue(registry, 'shepherd_metrics_postgres_spill_bytes'), 0)
   await handler.close()
+})
+
+t.test('while the database keeps up, handle() waits for inserts once maxPendingPoints wait; a stuck insert releases it', async (t) => {
+  const target = await createTestDatabase()
+  t.teardown(() => target.drop())
+  const proxy = await startProxy(t, new URL(target.url))
+  const db = await openTestDatabase(t, 'postgres', proxy.url)
+  const dataDir = await tempDir(t)
+  const { handler, registry } = await handlerOn(db, dataDir, { maxPendingPoints: 200, maxStatementPoints: 100, slowInsertMs: 300 })
+
+  let peak = 0
+  for (let i = 0; i < 40; i++) {
+    await handler.handle(batchOf(`paced-${i % 4}`, 50))
+    peak = Math.max(peak, await metricValue(registry, 'shepherd_metrics_postgres_buffered_points'))
+  }
+  t.ok(peak <= 250, `at most maxPendingPoints + one batch wait in memory (peak ${peak})`)
+
+  await eventually(async () => await metricValue(registry, 'shepherd_metrics_postgres_buffered_points') === 0, 10_000, 'drained')
+  proxy.freeze() // the next insert hangs: handle() must not wait for it longer than slowInsertMs
+  const started = Date.now()
+  for (let i = 0; i < 20; i++) await handler.handle(batchOf('stuck', 50))
+  const waited = Date.now() - started
+  t.ok(waited < 3000, `handle() took the batches while the insert hung (${waited} ms)`)
+  t.ok(await metricValue(registry, 'shepherd_metrics_postgres_buffered_points') > 250, 'buffered beyond maxPendingPoints instead of waiting')
+  proxy.thaw()
+  await eventually(async () => (await counts(db)).rows === 3000, 10_000, 'every point stored')
+  await handler.close()
+  t.same(await counts(db), { rows: 3000, distinct: 3000 })
 })
 
 t.test('close() with the database down spills what it holds; the next start drains it', async (t) => {

@@ -1,8 +1,13 @@
-// The `postgres` metrics handler: stores every point in metric_points exactly once. `handle` only
-// queues the batch (memory up to a bound of points, then spill files under
-// $DATA_DIR/metrics-spill/); one writer loop inserts, coalescing queued batches into one
-// statement, retries with exponential backoff while the database is away, and drains spill files
-// (also those a previous run left) when it is back. Stored batch ids make a retry a no-op.
+// The `postgres` metrics handler: stores every point in metric_points exactly once. One writer
+// loop inserts, coalescing queued batches into one statement, retries with exponential backoff
+// while the database is away, and drains spill files (also those a previous run left) when it is
+// back. Stored batch ids make a retry a no-op.
+//
+// While the database keeps up, `handle` queues a batch and, once `maxPendingPoints` are waiting,
+// resolves only as inserts complete: the pipeline then saturates and slows the devices to the rate
+// the database stores at, so latency stays bounded and nothing is spilled for mere load. While
+// inserts fail, or one has run longer than `slowInsertMs`, `handle` takes every batch at once:
+// into memory up to `maxBufferedPoints`, then into spill files under $DATA_DIR/metrics-spill/.
 // Also prunes points older than METRICS_RETENTION_DAYS, in bounded chunks.
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -16,6 +21,10 @@ export interface PostgresHandlerOptions {
   retentionDays?: number
   /** Points held in memory before further batches go to spill files. Default 200,000. */
   maxBufferedPoints?: number
+  /** Points queued while the database keeps up, before `handle` waits for inserts. Default 2 × maxStatementPoints. */
+  maxPendingPoints?: number
+  /** An insert running this long counts as database trouble: `handle` stops waiting for it. Default 5 s. */
+  slowInsertMs?: number
   /** Points per INSERT statement when queued batches are coalesced (a larger batch goes alone). Default 10,000. */
   maxStatementPoints?: number
   /** Cap of the retry backoff. Default 5 s. */
@@ -58,7 +67,9 @@ function chunkOf (batches: readonly MetricBatch[], start: number, maxPoints: num
 export async function createPostgresHandler (context: MetricsHandlerContext, options: PostgresHandlerOptions = {}): Promise<PostgresHandler> {
   const retentionDays = options.retentionDays ?? 30
   const maxBufferedPoints = options.maxBufferedPoints ?? 200_000
-  const maxStatementPoints = options.maxStatementPoints ?? 10_000
+  const maxStatementPoints = options.maxStatementPoints ?? 5_000
+  const maxPendingPoints = options.maxPendingPoints ?? 2 * maxStatementPoints
+  const slowInsertMs = options.slowInsertMs ?? 5000
   const maxBackoffMs = options.maxBackoffMs ?? 5000
   const closeTimeoutMs = options.closeTimeoutMs ?? 5000
   const pruneIntervalMs = options.pruneIntervalMs ?? 3_600_000
@@ -75,6 +86,11 @@ export async function createPostgresHandler (context: MetricsHandlerContext, opt
   let wake: (() => void) | undefined
   let spilling = false
   let failingSince: number | undefined
+  let insertStartedAt: number | undefined
+  let progressed!: Promise<void> // settles when an insert ends, either way
+  let signalProgress!: () => void
+  const nextProgress = (): void => { progressed = new Promise(resolve => { signalProgress = () => { nextProgress(); resolve() } }) }
+  nextProgress()
 
   const registers = [context.registry]
   new Gauge({ name: 'shepherd_metrics_postgres_buffered_points', help: 'Metric points waiting in memory to be stored', registers, collect () { this.set(queuedPoints) } }) // eslint-disable-line no-new
@@ -93,8 +109,9 @@ export async function createPostgresHandler (context: MetricsHandlerContext, opt
   async function store (batches: MetricBatch[]): Promise<boolean> {
     for (let attempt = 0; ; attempt++) {
       const end = insertDuration.startTimer()
+      insertStartedAt = Date.now()
       try {
-        storedBatches.inc(await repo.storeBatches(batches))
+        storedBatches.inc(await repo.storeBatches(batches).finally(() => { insertStartedAt = undefined; signalProgress() }))
         end()
         if (failingSince !== undefined) {
           logger.info({ outage_ms: Date.now() - failingSince }, 'metrics database reachable again')
@@ -188,7 +205,6 @@ export async function createPostgresHandler (context: MetricsHandlerContext, opt
   async function prune (): Promise<void> {
     if (retentionDays > 0) {
       const deleted = await pruneOlderThan(retentionDays, repo.prunePoints)
-      await repo.pruneLatest(new Date(Date.now() - retentionDays * DAY_MS))
       prunedPoints.inc(deleted)
       if (deleted > 0) logger.info({ points: deleted, retention_days: retentionDays }, 'old metric points deleted')
     }
@@ -200,6 +216,15 @@ export async function createPostgresHandler (context: MetricsHandlerContext, opt
   firstPrune.unref()
   pruner.unref()
 
+  /** Waits while the pending points are over their bound and the database, healthy, works on them. */
+  async function untilDatabaseCatchesUp (): Promise<void> {
+    while (queuedPoints >= maxPendingPoints && failingSince === undefined && !closing) {
+      const runningFor = insertStartedAt === undefined ? 0 : Date.now() - insertStartedAt
+      if (runningFor >= slowInsertMs) return
+      await Promise.race([progressed, sleep(slowInsertMs - runningFor, undefined, { ref: false })])
+    }
+  }
+
   return {
     name: 'postgres',
     prune,
@@ -207,6 +232,7 @@ export async function createPostgresHandler (context: MetricsHandlerContext, opt
     async handle (batch) {
       if (closed) throw new Error('the postgres metrics handler is closed')
       if (batch.points.length === 0) return
+      await untilDatabaseCatchesUp()
       if (!closing && queuedPoints + batch.points.length <= maxBufferedPoints) {
         queue.push(batch)
         queuedPoints += batch.points.length

@@ -1,5 +1,5 @@
-// knex implementation of metric storage: idempotent batch inserts (metric_points, metric_latest,
-// metric_batches in one statement), the keyset-paged history query, latest values, and retention.
+// knex implementation of metric storage: idempotent batch inserts (metric_points and metric_batches
+// in one statement), the keyset-paged history query, latest values, and retention.
 // Every statement runs unchanged on PostgreSQL 15 and on PGlite.
 import type { Knex } from 'knex'
 import type { MetricBatch } from '../../metrics/types.js'
@@ -34,8 +34,6 @@ export interface MetricsRepository {
   latest (serial: string): Promise<Record<string, LatestMetric>>
   /** Deletes at most `limit` points recorded before `cutoff`; answers how many. */
   prunePoints (cutoff: Date, limit: number): Promise<number>
-  /** Deletes latest values recorded before `cutoff` (a device silent for the whole retention). */
-  pruneLatest (cutoff: Date): Promise<number>
   /** Deletes at most `limit` batch ids stored before `cutoff`; answers how many. */
   pruneBatchIds (cutoff: Date, limit: number): Promise<number>
 }
@@ -54,14 +52,23 @@ WITH batch AS (
 ), stored AS (
   INSERT INTO metric_points (serial, name, value, unit, recorded_at, received_at)
   SELECT serial, name, value, unit, recorded_at, received_at FROM point
-), latest AS (
-  INSERT INTO metric_latest (serial, name, value, unit, recorded_at)
-  SELECT DISTINCT ON (serial, name) serial, name, value, unit, recorded_at FROM point
-  ORDER BY serial, name, recorded_at DESC
-  ON CONFLICT (serial, name) DO UPDATE SET value = EXCLUDED.value, unit = EXCLUDED.unit, recorded_at = EXCLUDED.recorded_at
-  WHERE metric_latest.recorded_at <= EXCLUDED.recorded_at
 )
 SELECT count(*)::int AS stored FROM new_batch`
+
+// A device's newest point per name, from the (serial, name, recorded_at, id) index: a recursive
+// "loose index scan" walks the device's distinct names (one index probe each, PostgreSQL has no
+// skip scan), then takes each name's newest row.
+const LATEST_SQL = `
+WITH RECURSIVE names AS (
+  (SELECT name FROM metric_points WHERE serial = :serial ORDER BY name LIMIT 1)
+  UNION ALL
+  SELECT (SELECT p.name FROM metric_points p WHERE p.serial = :serial AND p.name > names.name ORDER BY p.name LIMIT 1)
+  FROM names WHERE names.name IS NOT NULL
+)
+SELECT newest.* FROM names CROSS JOIN LATERAL (
+  SELECT p.name, p.value, p.unit, p.recorded_at FROM metric_points p
+  WHERE p.serial = :serial AND p.name = names.name ORDER BY p.recorded_at DESC, p.id DESC LIMIT 1
+) newest ORDER BY newest.name`
 
 export function createMetricsRepository (knex: Knex): MetricsRepository {
   return {
@@ -109,7 +116,7 @@ export function createMetricsRepository (knex: Knex): MetricsRepository {
     },
 
     async latest (serial) {
-      const rows = await knex('metric_latest').where({ serial }).orderBy('name').select('name', 'value', 'unit', 'recorded_at') as Array<LatestMetric & { name: string }>
+      const { rows } = await knex.raw(LATEST_SQL, { serial }) as { rows: Array<LatestMetric & { name: string }> }
       return Object.fromEntries(rows.map(({ name, ...latest }) => [name, { ...latest, value: Number(latest.value) }]))
     },
 
@@ -118,10 +125,6 @@ export function createMetricsRepository (knex: Knex): MetricsRepository {
           DELETE FROM metric_points WHERE id IN (SELECT id FROM metric_points WHERE recorded_at < ? LIMIT ?) RETURNING 1
         ) SELECT count(*)::int AS deleted FROM doomed`, [cutoff, limit]) as { rows: Array<{ deleted: number }> }
       return result.rows[0]!.deleted
-    },
-
-    async pruneLatest (cutoff) {
-      return (await knex('metric_latest').where('recorded_at', '<', cutoff).delete().returning('serial')).length
     },
 
     async pruneBatchIds (cutoff, limit) {

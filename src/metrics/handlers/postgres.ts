@@ -25,7 +25,7 @@ export interface PostgresHandlerOptions {
   maxPendingPoints?: number
   /** An insert running this long counts as database trouble: `handle` stops waiting for it. Default 5 s. */
   slowInsertMs?: number
-  /** Points per INSERT statement when queued batches are coalesced (a larger batch goes alone). Default 10,000. */
+  /** Points per INSERT statement when queued batches are coalesced (a larger batch goes alone). Default 5,000. */
   maxStatementPoints?: number
   /** Cap of the retry backoff. Default 5 s. */
   maxBackoffMs?: number

@@ -17,7 +17,7 @@ import { createPresence } from './presence/presence.js'
 import { openDatabase, type Database } from './storage/db.js'
 import { migrateLatest } from './storage/migrate.js'
 import { createDeviceRepository } from './storage/repos/devices-repo.js'
-import { openRevocationChannel } from './storage/revocation-channel.js'
+import { openNodeChannel } from './storage/node-channel.js'
 import { createBroker, type Broker } from './mqtt/broker.js'
 import { createDeviceGateway } from './mqtt/device-gateway.js'
 import { startTcpListener, type TcpListener } from './mqtt/tcp-listener.js'
@@ -42,6 +42,10 @@ import { createTelemetry } from './telemetry.js'
 import type { Publish } from './ports.js'
 import { createMetricsHandlers } from './metrics/handlers/index.js'
 import { createMetricsPipeline, type MetricsPipeline } from './metrics/pipeline.js'
+import { createCommands, type Commands } from './commands/commands.js'
+import type { CommandRequest } from './commands/command-request.js'
+import { createCommandRepository } from './storage/repos/commands-repo.js'
+import { commandRoutes } from './http/routes/commands.js'
 
 export interface ServerOptions {
   logger?: Logger
@@ -50,6 +54,8 @@ export interface ServerOptions {
   heartbeatIntervalMs?: number
   /** Interval of the heartbeat comment on open /api/events streams (default 15 s). */
   sseHeartbeatMs?: number
+  /** How often open commands past their expiry are marked expired (default 1 s). */
+  commandExpiryIntervalMs?: number
 }
 
 export interface ShepherdServer {
@@ -62,6 +68,7 @@ export interface ShepherdServer {
   readonly tokens: ApiTokens
   /** Live events of every node (what GET /api/events streams). */
   readonly events: EventBus
+  readonly commands: Commands
   /**
    * Opens the HTTP and MQTT ports (from config, or `ports` — 0 there means an ephemeral port, as
    * tests use; MQTT_PORT=0 in config turns MQTT/TCP off). Answers the ports actually bound.
@@ -110,7 +117,11 @@ export async function createServer (config: Config, options: ServerOptions = {})
 
     const repo = createDeviceRepository(db.knex)
     let disconnectDevice: (serial: string) => void = () => {}
-    const revocations = await openRevocationChannel(db, serial => { disconnectDevice(serial) }, logger)
+    let deliverQueuedCommands: (serial: string) => void = () => {}
+    const revocations = await openNodeChannel(db, {
+      revoked: serial => { disconnectDevice(serial) },
+      commandQueued: serial => { deliverQueuedCommands(serial) }
+    }, logger)
     cleanups.push(() => revocations.close())
     // Like `publish` below: the domain's events travel on the broker's message bus once it runs.
     let eventBus: EventBus | undefined
@@ -138,8 +149,14 @@ export async function createServer (config: Config, options: ServerOptions = {})
     const authenticator = createDeviceAuthenticator({
       trust, replayGuard, admission: registry.admission, timestampToleranceSeconds: config.timestampToleranceSeconds
     })
-    const gateway = createDeviceGateway({ authenticator, registry, presence, publish, logger, stats: telemetry.stats, metrics: pipeline })
+    const groupRepo = createGroupRepository(db.knex)
+    const commands = createCommands({
+      repo: createCommandRepository(db.knex), findDevice: serial => repo.find(serial), groupMembers: id => groupRepo.members(id), publish, events, logger
+    })
+    const gateway = createDeviceGateway({ authenticator, registry, presence, publish, logger, stats: telemetry.stats, metrics: pipeline, commands })
     disconnectDevice = (serial) => { gateway.disconnectDevice(serial, 'revoked') }
+    // a command queued by the CLI (PostgreSQL NOTIFY): the node holding the device delivers it
+    deliverQueuedCommands = (serial) => { if (gateway.isConnectedHere(serial)) void commands.deliverPending(serial) }
 
     broker = await createBroker({
       id: nodeId,
@@ -162,6 +179,12 @@ export async function createServer (config: Config, options: ServerOptions = {})
     if (config.redisUrl === undefined) await presence.sweepDeadNodes([])
     const sweeper = setInterval(sweep, 3 * startedBroker.heartbeatIntervalMs)
     sweeper.unref()
+    const commandExpiry = setInterval(() => {
+      commands.expireDue().then((expired) => {
+        if (expired > 0) logger.info({ commands: expired }, 'commands expired unanswered')
+      }, (error: unknown) => { logger.error({ err: error }, 'command expiry failed') })
+    }, options.commandExpiryIntervalMs ?? 1000)
+    commandExpiry.unref()
 
     const tokens = createApiTokens(createApiTokenRepository(db.knex))
     const devices = createDeviceAdmin({ repo, registry, kicker: revocations, publish })
@@ -176,7 +199,8 @@ export async function createServer (config: Config, options: ServerOptions = {})
         metricsRoutes({ metrics: () => telemetry.registry.metrics(), tokens, metricsToken: config.metricsToken }),
         deviceRoutes({ devices, latestMetrics: serial => metricsRepo.latest(serial) }),
         deviceMetricsRoutes({ metrics: metricsRepo, deviceExists: async serial => await devices.get(serial) !== undefined }),
-        groupRoutes({ groups: createGroups(createGroupRepository(db.knex)) })
+        groupRoutes({ groups: createGroups(groupRepo) }),
+        commandRoutes({ commands })
       ]
     })
 
@@ -185,7 +209,9 @@ export async function createServer (config: Config, options: ServerOptions = {})
       revoke: async ({ serial }) => await registry.setRevoked(String(serial), true),
       'token.create': async ({ name }) => await tokens.create(String(name)),
       'token.list': async () => await tokens.list(),
-      'token.revoke': async ({ name }) => await tokens.revoke(String(name))
+      'token.revoke': async ({ name }) => await tokens.revoke(String(name)),
+      'command.issue': async ({ serial, request }) => await commands.issue(String(serial), request as CommandRequest),
+      'command.get': async ({ id }) => await commands.get(String(id)) ?? null
     })
 
     let tcp: TcpListener | undefined
@@ -193,6 +219,7 @@ export async function createServer (config: Config, options: ServerOptions = {})
 
     async function shutdown (): Promise<void> {
       clearInterval(sweeper)
+      clearInterval(commandExpiry)
       const httpClosed = http.server.listening ? http.close() : Promise.resolve()
       const tcpClosed = tcp?.close()
       const count = await presence.shutdown()
@@ -212,6 +239,7 @@ export async function createServer (config: Config, options: ServerOptions = {})
       nodeId,
       tokens,
       events: startedEventBus,
+      commands,
       async listen (ports) {
         await http.ready()
         const httpPort = await listenOn(http.server, ports?.http ?? config.port, config.host, 'PORT')

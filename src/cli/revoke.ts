@@ -4,7 +4,7 @@
 import { CommandError, UsageError } from '../errors.js'
 import { loadConfig } from '../config.js'
 import { createDeviceRepository } from '../storage/repos/devices-repo.js'
-import { createRevocationAnnouncer } from '../storage/revocation-channel.js'
+import { createNodeAnnouncer } from '../storage/node-channel.js'
 import { createDeviceRegistry } from '../devices/device-registry.js'
 import { createLogger } from '../logger.js'
 import { isValidSerial } from '../topics.js'
@@ -15,7 +15,7 @@ export async function revoke (args: string[], output: Output): Promise<void> {
   const { positionals: [serial] } = parseCommand(args, {}, 1)
   if (!isValidSerial(serial)) throw new UsageError(`${JSON.stringify(serial)} is not a valid serial`)
   const { found } = await viaServerOrDatabase(loadConfig(), 'revoke', { serial }, async (db) => {
-    const registry = createDeviceRegistry({ repo: createDeviceRepository(db.knex), announcer: createRevocationAnnouncer(db), logger: createLogger('silent') })
+    const registry = createDeviceRegistry({ repo: createDeviceRepository(db.knex), announcer: createNodeAnnouncer(db), logger: createLogger('silent') })
     return await registry.setRevoked(serial, true)
   })
   if (!found) throw new CommandError(`no device with serial ${serial}`)

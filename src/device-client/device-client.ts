@@ -119,12 +119,17 @@ export async function connectDevice (options: DeviceClientOptions): Promise<Devi
     client.on('connect', () => {
       client.subscribe([deviceTopic(serial, 'commands'), deviceTopic(serial, 'firmware'), deviceTopic(serial, 'errors')], { qos: 1 })
     })
+    // delivery is at least once: a command sent again (after a reconnect) is recognised by its id
+    const answered = new Set<string>()
     client.on('message', (topic, payload) => {
       if (topic !== deviceTopic(serial, 'commands')) return
       let command: CommandMessage
       try {
         command = JSON.parse(payload.toString('utf8')) as CommandMessage
       } catch { return }
+      if (answered.has(command.id)) return
+      answered.add(command.id)
+      if (answered.size > 1000) answered.delete(answered.values().next().value!)
       answerCommand(client, serial, command, () => {
         // simulate a reboot: drop the connection, come back after a pause with a new credential
         client.end(true, {}, () => { setTimeout(() => { refreshCredential(); client.reconnect() }, options.rebootDelayMs ?? 1000).unref() })

@@ -8,8 +8,8 @@ export interface EventData {
   'device.online': { serial: string, at: string }
   'device.offline': { serial: string, reason: DisconnectReason, at: string }
   'device.info': { serial: string, firmware_version?: string, firmware_target?: string, firmware_uuid?: string, metadata: Record<string, unknown> }
-  /** A device's answer on its `replies` topic (emitted once commands exist). */
-  'command.reply': { serial: string, id: string, status: 'ok' | 'error', result?: unknown, error?: string }
+  /** A device's answer on its `replies` topic, once recorded. */
+  'command.reply': { serial: string, id: string, command: string, status: 'ok' | 'error', round_trip_ms: number | null, result?: unknown, error?: string }
   /** A device's report on its `update_status` topic (emitted once OTA updates exist). */
   'update.progress': { serial: string, update_id: string, status: string, progress?: number, error?: string }
 }

@@ -37,7 +37,11 @@ export interface GroupRepository {
   addDevices (id: number, serials: readonly string[]): Promise<AddDevicesResult>
   /** Answers false when the device is not in this group. */
   removeDevice (id: number, serial: string): Promise<boolean>
+  /** The group's devices (serial, presence, revocation) ordered by serial; undefined when there is no such group. */
+  members (id: number): Promise<GroupMember[] | undefined>
 }
+
+export interface GroupMember { serial: string, status: 'online' | 'offline', revoked: boolean }
 
 export type CreateGroupResult = GroupResult | { ok: false, reason: 'invalid_name' }
 

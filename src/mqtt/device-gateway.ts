@@ -11,6 +11,7 @@ import type { Presence } from '../presence/presence.js'
 import type { Logger } from '../logger.js'
 import type { Publish } from '../ports.js'
 import type { MetricsPipeline } from '../metrics/pipeline.js'
+import type { Commands } from '../commands/commands.js'
 import { deviceTopic, parseDeviceTopic } from '../topics.js'
 
 /** What we know about an accepted device connection. */
@@ -52,6 +53,8 @@ export interface DeviceGatewayDeps {
   stats: GatewayStats
   /** Takes the devices' own `metrics` publishes (contract §3). */
   metrics?: Pick<MetricsPipeline, 'ingest'>
+  /** Delivers queued commands when a device listens on its `commands` topic, records its `replies`. */
+  commands?: Pick<Commands, 'deliverPending' | 'recordReply'>
 }
 
 function remoteAddress (client: Client): string | undefined {
@@ -67,7 +70,7 @@ function authError (verdict: Extract<Verdict, { ok: false }>): AuthenticateError
 }
 
 export function createDeviceGateway (deps: DeviceGatewayDeps) {
-  const { authenticator, registry, presence, publish, logger, stats, metrics } = deps
+  const { authenticator, registry, presence, publish, logger, stats, metrics, commands } = deps
   const sessions = new WeakMap<Client, DeviceSession>()
   /** CONNECT packets between preConnect and authenticate, to drop the credential once checked. */
   const connects = new WeakMap<Client, { password?: Buffer }>()
@@ -224,13 +227,15 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
       // clean session cannot have subscribed before its CONNACK, a restored one already has.
       const restored = (client as { subscriptions?: Record<string, unknown> }).subscriptions ?? {}
       if (Object.hasOwn(restored, deviceTopic(session.serial, 'errors'))) reportRejectedWill(session)
+      if (Object.hasOwn(restored, deviceTopic(session.serial, 'commands'))) void commands?.deliverPending(session.serial)
     })
     broker.on('subscribe', (subscriptions, client) => {
       const session = sessions.get(client)
-      if (session?.rejectedWillTopic === undefined) return
-      const errorsTopic = deviceTopic(session.serial, 'errors')
+      if (session === undefined) return
       // a refused filter comes with qos 128
-      if (subscriptions.some(s => s.topic === errorsTopic && (s.qos as number) !== 128)) reportRejectedWill(session)
+      const granted = (leaf: 'errors' | 'commands'): boolean => subscriptions.some(s => s.topic === deviceTopic(session.serial, leaf) && (s.qos as number) !== 128)
+      if (session.rejectedWillTopic !== undefined && granted('errors')) reportRejectedWill(session)
+      if (commands !== undefined && granted('commands')) void commands.deliverPending(session.serial)
     })
     broker.on('clientDisconnect', (client) => {
       const session = sessions.get(client)
@@ -241,10 +246,17 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
     })
     broker.on('publish', (packet, client) => {
       const session = client === null ? undefined : sessions.get(client)
-      if (session === undefined || packet.topic !== deviceTopic(session.serial, 'info')) return
-      registry.recordInfo(session.serial, packet.payload as Buffer).then((result) => {
-        if (!result.ok) reportRejection(session.serial, packet.topic, result.reason)
-      }, (error: unknown) => { logger.error({ serial: session.serial, err: error }, 'could not record device info') })
+      if (session === undefined) return
+      const { serial } = session
+      let recorded: Promise<{ ok: true } | { ok: false, reason: string }>
+      if (packet.topic === deviceTopic(serial, 'info')) recorded = registry.recordInfo(serial, packet.payload as Buffer)
+      else if (commands !== undefined && packet.topic === deviceTopic(serial, 'replies')) recorded = commands.recordReply(serial, packet.payload as Buffer)
+      else return
+      recorded.then((result) => {
+        if (result.ok) return
+        logger.warn({ serial, topic: packet.topic, reason: result.reason }, 'device message refused')
+        reportRejection(serial, packet.topic, result.reason)
+      }, (error: unknown) => { logger.error({ serial, topic: packet.topic, err: error }, 'could not record a device message') })
     })
   }
 
@@ -263,6 +275,8 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
     beforeListen,
     attach,
     disconnectDevice,
+    /** Whether the device's connection is on this node. */
+    isConnectedHere: (serial: string) => { const client = clientsOf(aedes)[serial]; return client !== undefined && sessions.has(client) },
     isAuthenticated: (client: Client) => sessions.has(client)
   }
 }

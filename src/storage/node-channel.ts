@@ -1,50 +1,63 @@
-// Carries "device revoked" announcements to every Shepherd node. On PostgreSQL it is
-// LISTEN/NOTIFY, so a revocation made by any process — another node, the CLI — reaches all
-// nodes within milliseconds. The embedded database serves a single process, so there it is a
-// plain in-process call.
+// Carries announcements to every Shepherd node: "device revoked" (disconnect it) and "command
+// queued" (deliver it if the device is connected here; the CLI issues commands without a broker).
+// On PostgreSQL it is LISTEN/NOTIFY, so an announcement made by any process — another node, the
+// CLI — reaches all nodes within milliseconds. The embedded database serves a single process, so
+// there it is a plain in-process call.
 import pg from 'pg'
 import type { RevocationAnnouncer } from '../devices/device-registry.js'
 import type { Database } from './db.js'
 import type { Logger } from '../logger.js'
 
-const CHANNEL = 'shepherd_device_revoked'
+const CHANNELS = { revoked: 'shepherd_device_revoked', commandQueued: 'shepherd_command_queued' } as const
+type Announcement = keyof typeof CHANNELS
 
-export interface RevocationChannel extends RevocationAnnouncer {
+export interface NodeAnnouncer extends RevocationAnnouncer {
+  announceCommandQueued (serial: string): Promise<void>
+}
+
+export interface NodeChannel extends NodeAnnouncer {
   close (): Promise<void>
 }
 
+export type AnnouncementHandlers = Record<Announcement, (serial: string) => void>
+
 /** Announces only (the CLI): no LISTEN connection. */
-export function createRevocationAnnouncer (db: Database): RevocationAnnouncer {
-  return {
-    async announceRevoked (serial) {
-      if (db.kind === 'postgres') await db.knex.raw('SELECT pg_notify(?, ?)', [CHANNEL, serial])
-    }
+export function createNodeAnnouncer (db: Database): NodeAnnouncer {
+  const notify = (announcement: Announcement) => async (serial: string): Promise<void> => {
+    if (db.kind === 'postgres') await db.knex.raw('SELECT pg_notify(?, ?)', [CHANNELS[announcement], serial])
   }
+  return { announceRevoked: notify('revoked'), announceCommandQueued: notify('commandQueued') }
 }
 
-export async function openRevocationChannel (db: Database, onRevoked: (serial: string) => void, logger: Logger): Promise<RevocationChannel> {
+export async function openNodeChannel (db: Database, handlers: AnnouncementHandlers, logger: Logger): Promise<NodeChannel> {
   if (db.kind !== 'postgres' || db.url === undefined) {
-    return { announceRevoked: async (serial) => { onRevoked(serial) }, close: async () => {} }
+    return {
+      announceRevoked: async (serial) => { handlers.revoked(serial) },
+      announceCommandQueued: async (serial) => { handlers.commandQueued(serial) },
+      close: async () => {}
+    }
   }
+  const byChannel = new Map<string, (serial: string) => void>(Object.entries(CHANNELS).map(([announcement, channel]) => [channel, handlers[announcement as Announcement]]))
   let closing = false
   let listener: pg.Client | undefined
   const connect = async (): Promise<void> => {
     const client = new pg.Client({ connectionString: db.url })
-    client.on('notification', (message) => { if (message.payload !== undefined) onRevoked(message.payload) })
+    client.on('notification', (message) => {
+      if (message.payload !== undefined) byChannel.get(message.channel)?.(message.payload)
+    })
     client.on('error', (error) => {
       if (closing) return
-      logger.error({ err: error }, 'revocation listener lost its database connection; reconnecting')
+      logger.error({ err: error }, 'announcement listener lost its database connection; reconnecting')
       client.end().catch(() => {})
-      setTimeout(() => { if (!closing) connect().catch((e: unknown) => logger.error({ err: e }, 'revocation listener reconnect failed')) }, 1000).unref()
+      setTimeout(() => { if (!closing) connect().catch((e: unknown) => logger.error({ err: e }, 'announcement listener reconnect failed')) }, 1000).unref()
     })
     await client.connect()
-    await client.query(`LISTEN ${CHANNEL}`)
+    for (const channel of byChannel.keys()) await client.query(`LISTEN ${channel}`)
     listener = client
   }
   await connect()
-  const announcer = createRevocationAnnouncer(db)
   return {
-    announceRevoked: announcer.announceRevoked,
+    ...createNodeAnnouncer(db),
     async close () {
       closing = true
       await listener?.end().catch(() => {})

@@ -71,6 +71,11 @@ export function createGroupRepository (knex: Knex): GroupRepository {
       })
     },
 
+    async members (id) {
+      if (await knex('groups').where({ id }).first('id') === undefined) return undefined
+      return await knex('devices').where({ group_id: id }).orderBy('serial').select('serial', 'status', 'revoked')
+    },
+
     async removeDevice (id, serial) {
       return await knex('devices').where({ serial, group_id: id }).update({ group_id: null, updated_at: new Date() }) > 0
     }

@@ -1,0 +1,90 @@
+// knex implementation of the command repository. Every statement runs unchanged on PostgreSQL 15
+// and on PGlite.
+import type { Knex } from 'knex'
+import { COMMAND_STATES, type BatchCounts, type Command, type CommandBatch, type CommandRepository, type CommandState, type NewCommand } from '../../commands/types.js'
+
+const OPEN: readonly CommandState[] = ['queued', 'sent']
+const INSERT_CHUNK = 1000
+
+type CommandRow = Omit<Command, 'round_trip_ms'> & { round_trip_ms: number | string | null }
+
+const commandOf = (row: CommandRow): Command => ({ ...row, round_trip_ms: row.round_trip_ms === null ? null : Number(row.round_trip_ms) })
+const batchOf = (row: CommandBatch & { group_id: number | string | null }): CommandBatch => ({ ...row, group_id: row.group_id === null ? null : Number(row.group_id) })
+const asRow = (command: NewCommand) => ({ ...command, payload: JSON.stringify(command.payload) })
+
+export function createCommandRepository (knex: Knex): CommandRepository {
+  const commands = () => knex<CommandRow>('commands')
+
+  return {
+    async insert (command) {
+      const inserted = await commands().insert(asRow(command) as never).onConflict(knex.raw('(serial, idempotency_key) WHERE idempotency_key IS NOT NULL')).ignore().returning('*') as CommandRow[]
+      if (inserted.length > 0) return { command: commandOf(inserted[0]!), inserted: true }
+      const existing = await commands().where({ serial: command.serial, idempotency_key: command.idempotency_key }).first() as CommandRow
+      return { command: commandOf(existing), inserted: false }
+    },
+
+    async insertBatch (batch, drafts) {
+      return await knex.transaction(async (trx) => {
+        const [created] = await trx('command_batches').insert({ ...batch, payload: JSON.stringify(batch.payload) })
+          .onConflict(knex.raw('(group_id, idempotency_key) WHERE idempotency_key IS NOT NULL')).ignore().returning('*') as CommandBatch[]
+        if (created === undefined) {
+          const existing = await trx('command_batches').where({ group_id: batch.group_id, idempotency_key: batch.idempotency_key }).first() as CommandBatch
+          const rows = await trx('commands').where({ batch_id: existing.id }).orderBy('serial') as CommandRow[]
+          return { batch: batchOf(existing), commands: rows.map(commandOf), inserted: false }
+        }
+        const rows: CommandRow[] = []
+        for (let i = 0; i < drafts.length; i += INSERT_CHUNK) {
+          rows.push(...await trx('commands').insert(drafts.slice(i, i + INSERT_CHUNK).map(asRow)).returning('*') as CommandRow[])
+        }
+        return { batch: batchOf(created), commands: rows.map(commandOf), inserted: true }
+      })
+    },
+
+    async find (id) {
+      const row = await commands().where({ id }).first() as CommandRow | undefined
+      return row === undefined ? undefined : commandOf(row)
+    },
+
+    async listForDevice (serial, { state, before, limit }) {
+      const query = commands().where({ serial }).orderBy([{ column: 'issued_at', order: 'desc' }, { column: 'id', order: 'desc' }]).limit(limit)
+      if (state !== undefined) query.where({ state })
+      if (before !== undefined) query.whereRaw('(issued_at, id) < (?::timestamptz, ?::uuid)', [before.issuedAt.toISOString(), before.id])
+      return (await query as CommandRow[]).map(commandOf)
+    },
+
+    async takeDeliverable (serial, now) {
+      const rows = await commands().where({ serial }).whereIn('state', OPEN).where('expires_at', '>', now)
+        .update({ state: 'sent', sent_at: now }).returning('*') as CommandRow[]
+      return rows.map(commandOf).sort((a, b) => a.issued_at.getTime() - b.issued_at.getTime() || a.id.localeCompare(b.id))
+    },
+
+    async complete (serial, id, reply, at) {
+      const [row] = await commands().where({ id, serial }).whereIn('state', OPEN)
+        .update({
+          state: reply.state,
+          result: reply.result === null ? null : JSON.stringify(reply.result),
+          error: reply.error,
+          completed_at: at,
+          round_trip_ms: knex.raw('CASE WHEN sent_at IS NULL THEN NULL ELSE extract(epoch FROM (?::timestamptz - sent_at)) * 1000 END', [at.toISOString()])
+        } as never).returning('*') as CommandRow[]
+      if (row !== undefined) return { completed: true, command: commandOf(row) }
+      const existing = await commands().where({ id, serial }).first('state') as { state: CommandState } | undefined
+      return { completed: false, state: existing?.state }
+    },
+
+    async expire (now) {
+      const rows = await commands().whereIn('state', OPEN).where('expires_at', '<=', now)
+        .update({ state: 'expired', completed_at: now }).returning('id')
+      return rows.length
+    },
+
+    async findBatch (id) {
+      const batch = await knex('command_batches').where({ id }).first() as CommandBatch | undefined
+      if (batch === undefined) return undefined
+      const counted = await commands().where({ batch_id: id }).groupBy('state').select('state').count({ count: '*' }) as Array<{ state: CommandState, count: string | number }>
+      const states = Object.fromEntries(COMMAND_STATES.map(state => [state, 0])) as BatchCounts['states']
+      for (const { state, count } of counted) states[state] = Number(count)
+      return { ...batchOf(batch), total: Object.values(states).reduce((sum, n) => sum + n, 0), states }
+    }
+  }
+}

@@ -12,6 +12,8 @@ Commands:
   gen-device-cert --serial S [--ca-dir priv/ca] [--dir priv/devices] [--days 1825]
                                           create a device key and certificate signed by the Fleet CA
   revoke SERIAL                           revoke a device (a connected device is disconnected at once)
+  command SERIAL ping|identify|reboot [--wait] [--timeout 30] [--ttl SECONDS] [--echo TEXT]
+                                          send a command to a device; --wait prints its answer
   token create --name N                   create a REST API token and print it once (alone on the last line)
   token list                              list REST API tokens: name, created, last used
   token revoke NAME                       revoke a REST API token
@@ -51,6 +53,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   'gen-device-cert': async () => (await import('./certs.js')).genDeviceCert,
   revoke: async () => (await import('./revoke.js')).revoke,
   token: async () => (await import('./tokens.js')).token,
+  command: async () => (await import('./command.js')).command,
   simulate: async () => (await import('./simulate.js')).simulate
 }
 

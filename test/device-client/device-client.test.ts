@@ -1,5 +1,6 @@
 // The reference device client against a real server: it answers ping, identify and reboot on its
-// commands topic (reboot reconnects with a fresh timestamp), and `shepherd simulate` runs a fleet.
+// commands topic (reboot reconnects with a fresh timestamp), and `shepherd simulate` runs a fleet
+// that answers commands issued over REST.
 import t from 'tap'
 import { connectDevice, type CommandMessage } from '../../src/device-client/device-client.js'
 import { startTestServer, eventually } from '../helpers/server.js'
@@ -47,7 +48,15 @@ t.test('shepherd simulate connects a fleet and reports it', async (t) => {
   const ts = await startTestServer(t, { pki })
   const caDir = path.join(ts.dataDir, 'ca')
   await writeFleetCa(caDir, { ...pki.ca, keyPem: pki.caKeyPem })
-  const result = await runShepherd(['simulate', '--devices', '5', '--url', ts.wsUrl, '--ca-dir', caDir, '--duration', '2', '--prefix', 'simtest'])
+  const running = runShepherd(['simulate', '--devices', '5', '--url', ts.wsUrl, '--ca-dir', caDir, '--duration', '6', '--prefix', 'simtest'])
+  // the whole command loop without hardware: REST → simulated device → reply → ok
+  await eventually(async () => (await ts.api('GET', '/api/devices?status=online&q=simtest')).body.items.length === 5, 10_000, 'five simulated devices online')
+  for (const [serial, command, result] of [['simtest-1', 'ping', { echo: 'sim' }], ['simtest-2', 'identify', { identified: true }], ['simtest-3', 'reboot', { rebooting: true }]] as const) {
+    const issued = await ts.api('POST', `/api/devices/${serial}/commands`, { body: { command, ...(command === 'ping' ? { payload: { echo: 'sim' } } : {}) } })
+    const done = await eventually(async () => { const r = await ts.api('GET', `/api/commands/${issued.body.id}`); return r.body.state === 'ok' && r.body }, 5000, `${command} answered`)
+    t.same(done.result, result, `${serial} answered ${command}`)
+  }
+  const result = await running
   t.equal(result.code, 0, result.stderr)
   t.match(result.stdout, /connected 5, refused 0, \d+ devices\/s/)
   t.match(result.stderr, /connecting: 5 connected, 0 refused, 5 in all/)

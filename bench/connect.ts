@@ -18,6 +18,7 @@ import {
   busyMachineWarning, createThrowawayDatabase, loadAverage, machineDescription, resourceWarnings, type ThrowawayDatabase
 } from './lib/environment.js'
 import { makeBenchFleet } from './lib/fleet.js'
+import { mib, percentile } from './lib/figures.js'
 
 const MAX_DEVICES = 20_000
 
@@ -82,13 +83,6 @@ function parseOptions (): Options {
     timeoutSeconds: integer('timeout', values.timeout, 86_400),
     profileDir: values['profile-dir'] === undefined ? undefined : path.resolve(values['profile-dir'])
   }
-}
-
-const mib = (bytes: number | null): string => bytes === null ? 'n/a' : (bytes / 2 ** 20).toFixed(0)
-
-/** Nearest-rank percentile of ascending `sorted`. */
-function percentile (sorted: readonly number[], p: number): number {
-  return sorted.length === 0 ? NaN : sorted[Math.max(0, Math.ceil(p / 100 * sorted.length) - 1)]!
 }
 
 const options = parseOptions()

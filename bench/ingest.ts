@@ -24,6 +24,7 @@ import {
   busyMachineWarning, createThrowawayDatabase, loadAverage, machineDescription, resourceWarnings, type ThrowawayDatabase
 } from './lib/environment.js'
 import { makeBenchFleet } from './lib/fleet.js'
+import { mib, thousands, percentile } from './lib/figures.js'
 
 const MAX_DEVICES = 20_000
 const POLL_MS = 100
@@ -109,14 +110,6 @@ function parseOptions (): Options {
     drainTimeoutSeconds: integer('drain-timeout', values['drain-timeout'], 3600),
     timeoutSeconds: integer('timeout', values.timeout, 86_400)
   }
-}
-
-const mib = (bytes: number | null): string => bytes === null ? 'n/a' : (bytes / 2 ** 20).toFixed(0)
-const thousands = (value: number): string => Math.round(value).toLocaleString('en-US')
-
-/** Nearest-rank percentile of ascending `sorted`. */
-function percentile (sorted: readonly number[], p: number): number {
-  return sorted.length === 0 ? NaN : sorted[Math.max(0, Math.ceil(p / 100 * sorted.length) - 1)]!
 }
 
 const options = parseOptions()

@@ -19,6 +19,8 @@ export interface BrokerSpec {
   env?: Record<string, string>
   /** Baseline: one in-process subscriber to every device's `metrics` topic that only counts (see the `received` request). */
   metricsSubscriber?: boolean
+  /** Shepherd only: create an operator API token in the broker process and hand it over with `ready`. */
+  apiToken?: boolean
   /** Write V8 CPU profiles of the broker process to <profileDir>/<kind>/ (node --cpu-prof). */
   profileDir?: string
 }
@@ -45,7 +47,8 @@ export type Request =
   | { type: 'close' }
 
 export type Reply =
-  | { type: 'ready', url: string }
+  /** httpUrl: Shepherd's REST API; apiToken: when spec.apiToken asked for one. */
+  | { type: 'ready', url: string, httpUrl?: string, apiToken?: string }
   | ({ type: 'sample' } & Sample)
   | { type: 'sessions', count: number }
   | ({ type: 'received' } & Received)
@@ -54,6 +57,10 @@ export type Reply =
 
 export interface BrokerProcess {
   readonly url: string
+  /** Shepherd only: http://127.0.0.1:<port> of its REST API. */
+  readonly httpUrl: string | undefined
+  /** Shepherd with spec.apiToken only: a bearer token for the REST API. */
+  readonly apiToken: string | undefined
   sample (moment: 'before' | 'after'): Promise<Sample>
   sessions (count: number): Promise<void>
   received (): Promise<Received>
@@ -95,9 +102,11 @@ export async function forkBroker (spec: BrokerSpec): Promise<BrokerProcess> {
     })
   }
 
-  const { url } = await expect('ready')
+  const { url, httpUrl, apiToken } = await expect('ready')
   return {
     url,
+    httpUrl,
+    apiToken,
     sample: async (moment) => {
       const { cpuMicros, rssBytes, peakRssBytes } = await expect('sample', { type: 'sample', moment })
       return { cpuMicros, rssBytes, peakRssBytes }

@@ -109,4 +109,12 @@ process.on('message', (request: Request) => {
   }
 })
 
-send({ type: 'ready', url: broker.url })
+// The REST API's bearer token, when the driver asked for one (Shepherd only).
+const apiToken = spec.apiToken === true && broker.createApiToken !== undefined
+  ? await broker.createApiToken('bench').catch((error: unknown) => {
+    sendAndExit({ type: 'failed', message: `could not create an API token: ${(error as Error).message}` }, 1)
+    return new Promise<never>(() => {})
+  })
+  : undefined
+
+send({ type: 'ready', url: broker.url, ...(broker.httpUrl === undefined ? {} : { httpUrl: broker.httpUrl }), ...(apiToken === undefined ? {} : { apiToken }) })

@@ -15,6 +15,10 @@ export interface BenchBroker {
   /** Where devices connect: ws://127.0.0.1:<port>/mqtt or mqtt://127.0.0.1:<port>. */
   readonly url: string
   readonly aedes: Aedes
+  /** Shepherd only: its REST API, http://127.0.0.1:<port> (the same server as ws://…/mqtt). */
+  readonly httpUrl?: string
+  /** Shepherd only: creates an operator API token (a bearer token for the REST API). */
+  createApiToken? (name: string): Promise<string>
   close (): Promise<void>
 }
 
@@ -42,6 +46,12 @@ export async function startShepherd (settings: ShepherdSettings): Promise<BenchB
   return {
     url: settings.transport === 'ws' ? `ws://127.0.0.1:${httpPort}/mqtt` : `mqtt://127.0.0.1:${mqttPort}`,
     aedes: server.broker.aedes,
+    httpUrl: `http://127.0.0.1:${httpPort}`,
+    async createApiToken (name) {
+      const created = await server.tokens.create(name)
+      if (!created.ok) throw new Error(`could not create API token ${JSON.stringify(name)}: ${created.reason}`)
+      return created.token
+    },
     close: () => server.close()
   }
 }

@@ -10,6 +10,9 @@ const ROUTES = [
   'post /api/devices/{serial}/revoke', 'post /api/devices/{serial}/unrevoke',
   'get /api/groups', 'post /api/groups', 'get /api/groups/{id}', 'patch /api/groups/{id}', 'delete /api/groups/{id}',
   'post /api/groups/{id}/devices', 'delete /api/groups/{id}/devices/{serial}',
+  'get /api/devices/{serial}/metrics',
+  'post /api/devices/{serial}/commands', 'get /api/devices/{serial}/commands', 'get /api/commands/{id}',
+  'post /api/groups/{id}/commands', 'get /api/groups/{id}/commands/{batch_id}',
   'get /api/events', 'get /metrics'
 ]
 

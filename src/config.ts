@@ -130,7 +130,7 @@ export function loadConfig (env: Env = process.env, overrides: Partial<Config> =
     metricsToken,
     metricsHandlers,
     metricsMaxAgeSeconds: integer('METRICS_MAX_AGE', 604_800, 1, 10 * 366 * 86_400),
-    metricsQueuePoints: integer('METRICS_QUEUE_POINTS', 10_000, 1_000, 1_000_000),
+    metricsQueuePoints: integer('METRICS_QUEUE_POINTS', 5_000, 1_000, 1_000_000),
     metricsPrometheusMaxSeries: integer('METRICS_PROMETHEUS_MAX_SERIES', 10_000, 1, 1_000_000),
     metricsRetentionDays: integer('METRICS_RETENTION_DAYS', 30, 0, 36_500),
     ...overrides

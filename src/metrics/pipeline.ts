@@ -25,7 +25,7 @@ import { describeRejection, parseMetricsPayload, type PayloadRejection, type Poi
 
 export const MAX_BATCH_POINTS = 1000
 export const MAX_BATCH_DELAY_MS = 50
-export const HANDLER_BACKLOG_BATCHES = 10
+export const HANDLER_BACKLOG_BATCHES = 2
 /** Payload bytes of held QoS 1 publishes, at most. */
 export const MAX_HELD_BYTES = 16 * 1024 * 1024
 /** How long shutdown waits for the handlers to take what is queued. */

@@ -14,7 +14,7 @@ import { startTestServer } from '../helpers/server.js'
 
 t.test('defaults', async (t) => {
   t.match(loadConfig({}), {
-    metricsHandlers: ['logger', 'postgres'], metricsMaxAgeSeconds: 604_800, metricsQueuePoints: 10_000, metricsPrometheusMaxSeries: 10_000
+    metricsHandlers: ['logger', 'postgres'], metricsMaxAgeSeconds: 604_800, metricsQueuePoints: 5_000, metricsPrometheusMaxSeries: 10_000
   })
   t.match(loadConfig({ METRICS_HANDLERS: ' prometheus , ./handlers/mine.js,/abs/x.mjs ', METRICS_MAX_AGE: '3600', METRICS_QUEUE_POINTS: '5000', METRICS_PROMETHEUS_MAX_SERIES: '10' }), {
     metricsHandlers: ['prometheus', './handlers/mine.js', '/abs/x.mjs'], metricsMaxAgeSeconds: 3600, metricsQueuePoints: 5000, metricsPrometheusMaxSeries: 10

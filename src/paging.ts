@@ -22,3 +22,14 @@ export function pageOf<T> (rows: T[], limit: number, keyOf: (row: T) => string):
   const items = rows.slice(0, limit)
   return { items, next_cursor: rows.length > limit ? encodeCursor(keyOf(items.at(-1)!)) : null }
 }
+
+/** A keyset of a time and a uuid (lists newest first): the one encoded in `cursor`, if any. */
+export function beforeTimeKey (cursor: string | undefined): { at: Date, id: string } | undefined {
+  const key = afterCursor(cursor)
+  if (key === undefined) return undefined
+  const match = /^(\d{1,15})\|([0-9a-f-]{36})$/.exec(key)
+  if (match === null) throw new InvalidCursor()
+  return { at: new Date(Number(match[1])), id: match[2]! }
+}
+
+export const timeKeyOf = (at: Date, id: string): string => `${at.getTime()}|${id}`

@@ -8,7 +8,7 @@ import { randomUUID } from 'node:crypto'
 import type { EventSink } from '../events/events.js'
 import { createKeyedQueue } from '../keyed-queue.js'
 import type { Logger } from '../logger.js'
-import { InvalidCursor, afterCursor, pageOf, type Page } from '../paging.js'
+import { beforeTimeKey, pageOf, timeKeyOf, type Page } from '../paging.js'
 import type { Publish } from '../ports.js'
 import { deviceTopic } from '../topics.js'
 import { checkCommandRequest, parseReply, sameRequest, type CommandRequest } from './command-request.js'
@@ -28,6 +28,8 @@ export interface CommandsDeps {
    */
   publish?: Publish
   announceQueued? (serial: string): Promise<void>
+  /** The payload to deliver, decided at each delivery (an update's URL is signed anew); undefined: not delivered. */
+  payloadForDelivery? (command: Command): Promise<Record<string, unknown> | undefined>
   events: EventSink
   logger: Logger
   now? (): Date
@@ -46,9 +48,9 @@ export type GroupIssueResult =
 export type ReplyResult = { ok: true, command: Command } | { ok: false, reason: string }
 
 /** The command message of contract §3. */
-function message (command: Command): string {
+function message (command: Command, payload: Record<string, unknown>): string {
   return JSON.stringify({
-    id: command.id, command: command.command, payload: command.payload,
+    id: command.id, command: command.command, payload,
     issued_at: command.issued_at.toISOString(), expires_at: command.expires_at.toISOString()
   })
 }
@@ -58,11 +60,15 @@ export function createCommands (deps: CommandsDeps) {
   const now = deps.now ?? (() => new Date())
   // deliveries to one device go out one after another, in the order they were decided
   const deliveries = createKeyedQueue()
+  // on PostgreSQL two replies applied at once could commit in either order
+  const replies = createKeyedQueue()
 
   async function send (commands: Command[]): Promise<void> {
     if (publish === undefined) return
     for (const command of commands) {
-      await publish(deviceTopic(command.serial, 'commands'), message(command), { qos: 1, retain: false }).catch((error: unknown) => {
+      const payload = deps.payloadForDelivery === undefined ? command.payload : await deps.payloadForDelivery(command)
+      if (payload === undefined) continue
+      await publish(deviceTopic(command.serial, 'commands'), message(command, payload), { qos: 1, retain: false }).catch((error: unknown) => {
         // stays `sent`: delivered again when the device next subscribes
         logger.warn({ serial: command.serial, command: command.id, err: error }, 'could not publish a command')
       })
@@ -75,6 +81,26 @@ export function createCommands (deps: CommandsDeps) {
       id: randomUUID(), serial: target.serial, command: checked.command, payload: checked.payload,
       state: sendNow ? 'sent' : 'queued', sent_at: sendNow ? at : null, issued_at: at, expires_at: expiresAt, ...extra
     }
+  }
+
+  async function recordReply (serial: string, payload: Buffer): Promise<ReplyResult> {
+    const reply = parseReply(payload)
+    if (!reply.ok) return reply
+    const outcome = await repo.complete(serial, reply.id, reply, now())
+    if (!outcome.completed) {
+      // another device's command id is answered like an unknown one: nothing about it leaks
+      return { ok: false, reason: outcome.state === undefined ? `no command ${reply.id} for this device` : `command ${reply.id} is already ${outcome.state}` }
+    }
+    const { command } = outcome
+    logger.info({ serial, id: command.id, command: command.command, state: command.state, round_trip_ms: command.round_trip_ms }, 'command answered')
+    events.emit({
+      type: 'command.reply',
+      data: {
+        serial, id: command.id, command: command.command, status: reply.state, round_trip_ms: command.round_trip_ms,
+        ...(reply.result === null ? {} : { result: reply.result }), ...(reply.error === null ? {} : { error: reply.error })
+      }
+    })
+    return { ok: true, command }
   }
 
   const ttlOf = (record: { issued_at: Date, expires_at: Date }): number => record.expires_at.getTime() - record.issued_at.getTime()
@@ -136,26 +162,8 @@ export function createCommands (deps: CommandsDeps) {
       }).catch((error: unknown) => { logger.error({ serial, err: error }, 'could not deliver queued commands') })
     },
 
-    /** A message on the device's `replies` topic. */
-    async recordReply (serial: string, payload: Buffer): Promise<ReplyResult> {
-      const reply = parseReply(payload)
-      if (!reply.ok) return reply
-      const outcome = await repo.complete(serial, reply.id, reply, now())
-      if (!outcome.completed) {
-        // another device's command id is answered like an unknown one: nothing about it leaks
-        return { ok: false, reason: outcome.state === undefined ? `no command ${reply.id} for this device` : `command ${reply.id} is already ${outcome.state}` }
-      }
-      const { command } = outcome
-      logger.info({ serial, id: command.id, command: command.command, state: command.state, round_trip_ms: command.round_trip_ms }, 'command answered')
-      events.emit({
-        type: 'command.reply',
-        data: {
-          serial, id: command.id, command: command.command, status: reply.state, round_trip_ms: command.round_trip_ms,
-          ...(reply.result === null ? {} : { result: reply.result }), ...(reply.error === null ? {} : { error: reply.error })
-        }
-      })
-      return { ok: true, command }
-    },
+    /** A message on the device's `replies` topic; a device's replies are applied in the order they arrived. */
+    recordReply: (serial: string, payload: Buffer): Promise<ReplyResult> => replies.run(serial, () => recordReply(serial, payload)),
 
     /** Open commands past their expiry become expired; answers how many. */
     expireDue: () => repo.expire(now()),
@@ -166,15 +174,10 @@ export function createCommands (deps: CommandsDeps) {
 
     /** Throws InvalidCursor for a cursor this server did not issue. */
     async listForDevice (serial: string, options: { state?: CommandState, cursor?: string, limit: number }): Promise<Page<Command>> {
-      const key = afterCursor(options.cursor)
-      let before: { issuedAt: Date, id: string } | undefined
-      if (key !== undefined) {
-        const match = /^(\d{1,15})\|([0-9a-f-]{36})$/.exec(key)
-        if (match === null) throw new InvalidCursor()
-        before = { issuedAt: new Date(Number(match[1])), id: match[2]! }
-      }
+      const key = beforeTimeKey(options.cursor)
+      const before = key === undefined ? undefined : { issuedAt: key.at, id: key.id }
       const rows = await repo.listForDevice(serial, { state: options.state, before, limit: options.limit + 1 })
-      return pageOf(rows, options.limit, command => `${command.issued_at.getTime()}|${command.id}`)
+      return pageOf(rows, options.limit, command => timeKeyOf(command.issued_at, command.id))
     },
 
     /** A group fan-out with its commands counted by state; undefined when it is not that group's. */

@@ -40,6 +40,17 @@ export interface Config {
   readonly metricsPrometheusMaxSeries: number
   /** Days the postgres handler keeps metric points; 0 keeps them forever. */
   readonly metricsRetentionDays: number
+  /** Signs firmware download URLs; undefined: generated once and kept in DATA_DIR. */
+  readonly secretKeyBase: string | undefined
+  /** Base of firmware download URLs, without a trailing slash; undefined: http(s)://localhost:<bound port>. */
+  readonly publicUrl: string | undefined
+  readonly firmwareDir: string
+  /** Largest firmware file accepted (bytes). */
+  readonly firmwareMaxBytes: number
+  /** How long a firmware download URL stays valid (seconds). */
+  readonly firmwareUrlTtlSeconds: number
+  /** An update that reports nothing for this long while downloading or applying fails with reason timeout (seconds). */
+  readonly updateStageTimeoutSeconds: number
 }
 
 export const BUILT_IN_METRICS_HANDLERS = ['logger', 'postgres', 'prometheus'] as const
@@ -110,9 +121,16 @@ export function loadConfig (env: Env = process.env, overrides: Partial<Config> =
     problems.push('FLEET_CA_PEM must hold a PEM certificate (-----BEGIN CERTIFICATE-----)')
   }
 
+  const secretKeyBase = read('SECRET_KEY_BASE')
+  if (secretKeyBase !== undefined && secretKeyBase.length < 32) {
+    problems.push('SECRET_KEY_BASE must be at least 32 characters (e.g. `openssl rand -hex 32`)')
+  }
+  const publicUrl = url('PUBLIC_URL', ['http:', 'https:'])?.replace(/\/+$/, '')
+  const dataDir = path.resolve(read('DATA_DIR') ?? './data')
+
   const config: Config = {
     production: read('NODE_ENV') === 'production',
-    dataDir: path.resolve(read('DATA_DIR') ?? './data'),
+    dataDir,
     databaseUrl: url('DATABASE_URL', ['postgres:', 'postgresql:']),
     redisUrl: url('REDIS_URL', ['redis:', 'rediss:']),
     fleetCaPem,
@@ -133,6 +151,12 @@ export function loadConfig (env: Env = process.env, overrides: Partial<Config> =
     metricsQueuePoints: integer('METRICS_QUEUE_POINTS', 5_000, 1_000, 1_000_000),
     metricsPrometheusMaxSeries: integer('METRICS_PROMETHEUS_MAX_SERIES', 10_000, 1, 1_000_000),
     metricsRetentionDays: integer('METRICS_RETENTION_DAYS', 30, 0, 36_500),
+    secretKeyBase,
+    publicUrl,
+    firmwareDir: path.resolve(read('FIRMWARE_DIR') ?? path.join(dataDir, 'firmware')),
+    firmwareMaxBytes: integer('FIRMWARE_MAX_SIZE', 1024 ** 3, 1, 64 * 1024 ** 3),
+    firmwareUrlTtlSeconds: integer('FIRMWARE_URL_TTL', 3600, 60, 7 * 86_400),
+    updateStageTimeoutSeconds: integer('UPDATE_STAGE_TIMEOUT', 3600, 10, 7 * 86_400),
     ...overrides
   }
   if (problems.length > 0) throw new ConfigError(problems)

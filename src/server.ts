@@ -46,6 +46,15 @@ import { createCommands, type Commands } from './commands/commands.js'
 import type { CommandRequest } from './commands/command-request.js'
 import { createCommandRepository } from './storage/repos/commands-repo.js'
 import { commandRoutes } from './http/routes/commands.js'
+import { createFirmwareStore } from './firmware/firmware-store.js'
+import { createDownloadUrls } from './firmware/download-urls.js'
+import { createUpdates, type Updates } from './firmware/updates.js'
+import { createFirmwareFiles } from './storage/firmware-files.js'
+import { createFirmwareRepository, createUpdateRepository } from './storage/repos/firmware-repo.js'
+import { loadSecretKeyBase } from './storage/secret-key.js'
+import { firmwareRoutes } from './http/routes/firmware.js'
+import { updateRoutes } from './http/routes/updates.js'
+import type { FirmwareMeta, StagedFile } from './firmware/types.js'
 
 export interface ServerOptions {
   logger?: Logger
@@ -54,8 +63,8 @@ export interface ServerOptions {
   heartbeatIntervalMs?: number
   /** Interval of the heartbeat comment on open /api/events streams (default 15 s). */
   sseHeartbeatMs?: number
-  /** How often open commands past their expiry are marked expired (default 1 s). */
-  commandExpiryIntervalMs?: number
+  /** How often commands past their expiry, and updates past their timeouts, are swept (default 1 s). */
+  expiryIntervalMs?: number
 }
 
 export interface ShepherdServer {
@@ -69,6 +78,7 @@ export interface ShepherdServer {
   /** Live events of every node (what GET /api/events streams). */
   readonly events: EventBus
   readonly commands: Commands
+  readonly updates: Updates
   /**
    * Opens the HTTP and MQTT ports (from config, or `ports` — 0 there means an ephemeral port, as
    * tests use; MQTT_PORT=0 in config turns MQTT/TCP off). Answers the ports actually bound.
@@ -150,10 +160,25 @@ export async function createServer (config: Config, options: ServerOptions = {})
       trust, replayGuard, admission: registry.admission, timestampToleranceSeconds: config.timestampToleranceSeconds
     })
     const groupRepo = createGroupRepository(db.knex)
+    // an update command's URL is signed anew at each delivery (the updates domain needs commands first)
+    let updatesForCommands: Updates | undefined
     const commands = createCommands({
-      repo: createCommandRepository(db.knex), findDevice: serial => repo.find(serial), groupMembers: id => groupRepo.members(id), publish, events, logger
+      repo: createCommandRepository(db.knex), findDevice: serial => repo.find(serial), groupMembers: id => groupRepo.members(id), publish, events, logger,
+      payloadForDelivery: async command => updatesForCommands === undefined ? command.payload : await updatesForCommands.commandPayload(command)
     })
-    const gateway = createDeviceGateway({ authenticator, registry, presence, publish, logger, stats: telemetry.stats, metrics: pipeline, commands })
+    const firmwareStore = createFirmwareStore({
+      repo: createFirmwareRepository(db.knex), storage: await createFirmwareFiles(config.firmwareDir), maxBytes: config.firmwareMaxBytes, logger
+    })
+    const downloadUrls = createDownloadUrls({ secret: await loadSecretKeyBase(config.secretKeyBase, config.dataDir), ttlSeconds: config.firmwareUrlTtlSeconds })
+    // PUBLIC_URL, or this server as seen from its own machine (the port bound, which tests choose at random)
+    let boundHttpPort = config.port
+    const publicUrl = (): string => config.publicUrl ?? `${tls === undefined ? 'http' : 'https'}://localhost:${boundHttpPort}`
+    const updates = createUpdates({
+      repo: createUpdateRepository(db.knex), firmware: firmwareStore, findDevice: serial => repo.find(serial), groupMembers: id => groupRepo.members(id),
+      commands, publish, downloadUrl: id => publicUrl() + downloadUrls.path(id), events, logger, stageTimeoutSeconds: config.updateStageTimeoutSeconds
+    })
+    updatesForCommands = updates
+    const gateway = createDeviceGateway({ authenticator, registry, presence, publish, logger, stats: telemetry.stats, metrics: pipeline, commands, updates })
     disconnectDevice = (serial) => { gateway.disconnectDevice(serial, 'revoked') }
     // a command queued by the CLI (PostgreSQL NOTIFY): the node holding the device delivers it
     deliverQueuedCommands = (serial) => { if (gateway.isConnectedHere(serial)) void commands.deliverPending(serial) }
@@ -179,12 +204,13 @@ export async function createServer (config: Config, options: ServerOptions = {})
     if (config.redisUrl === undefined) await presence.sweepDeadNodes([])
     const sweeper = setInterval(sweep, 3 * startedBroker.heartbeatIntervalMs)
     sweeper.unref()
-    const commandExpiry = setInterval(() => {
+    const expiry = setInterval(() => {
       commands.expireDue().then((expired) => {
         if (expired > 0) logger.info({ commands: expired }, 'commands expired unanswered')
       }, (error: unknown) => { logger.error({ err: error }, 'command expiry failed') })
-    }, options.commandExpiryIntervalMs ?? 1000)
-    commandExpiry.unref()
+      updates.failStale().catch((error: unknown) => { logger.error({ err: error }, 'update timeout sweep failed') })
+    }, options.expiryIntervalMs ?? 1000)
+    expiry.unref()
 
     const tokens = createApiTokens(createApiTokenRepository(db.knex))
     const devices = createDeviceAdmin({ repo, registry, kicker: revocations, publish })
@@ -200,7 +226,9 @@ export async function createServer (config: Config, options: ServerOptions = {})
         deviceRoutes({ devices, latestMetrics: serial => metricsRepo.latest(serial) }),
         deviceMetricsRoutes({ metrics: metricsRepo, deviceExists: async serial => await devices.get(serial) !== undefined }),
         groupRoutes({ groups: createGroups(groupRepo) }),
-        commandRoutes({ commands })
+        commandRoutes({ commands }),
+        firmwareRoutes({ store: firmwareStore, urls: downloadUrls, maxBytes: config.firmwareMaxBytes }),
+        updateRoutes({ updates })
       ]
     })
 
@@ -211,7 +239,8 @@ export async function createServer (config: Config, options: ServerOptions = {})
       'token.list': async () => await tokens.list(),
       'token.revoke': async ({ name }) => await tokens.revoke(String(name)),
       'command.issue': async ({ serial, request }) => await commands.issue(String(serial), request as CommandRequest),
-      'command.get': async ({ id }) => await commands.get(String(id)) ?? null
+      'command.get': async ({ id }) => await commands.get(String(id)) ?? null,
+      'firmware.register': async ({ meta, staged }) => await firmwareStore.register(meta as FirmwareMeta, staged as StagedFile)
     })
 
     let tcp: TcpListener | undefined
@@ -219,7 +248,7 @@ export async function createServer (config: Config, options: ServerOptions = {})
 
     async function shutdown (): Promise<void> {
       clearInterval(sweeper)
-      clearInterval(commandExpiry)
+      clearInterval(expiry)
       const httpClosed = http.server.listening ? http.close() : Promise.resolve()
       const tcpClosed = tcp?.close()
       const count = await presence.shutdown()
@@ -240,9 +269,10 @@ export async function createServer (config: Config, options: ServerOptions = {})
       tokens,
       events: startedEventBus,
       commands,
+      updates,
       async listen (ports) {
         await http.ready()
-        const httpPort = await listenOn(http.server, ports?.http ?? config.port, config.host, 'PORT')
+        const httpPort = boundHttpPort = await listenOn(http.server, ports?.http ?? config.port, config.host, 'PORT')
         if (ports !== undefined || config.mqttPort !== 0) tcp = await startTcpListener(startedBroker, { host: config.host, port: ports?.mqtt ?? config.mqttPort, tls })
         if (tls === undefined && !isLoopback(config.host)) {
           logger.warn({ host: config.host }, 'listening without TLS on a non-loopback address: device credentials cross the network in the clear; set TLS_CERT/TLS_KEY or terminate TLS in front of Shepherd')

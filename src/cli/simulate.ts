@@ -1,5 +1,6 @@
 // `shepherd simulate --devices N`: N devices with certificates made on the fly from the Fleet CA
-// key, connected to a running Shepherd; they report info and metrics and answer commands.
+// key, connected to a running Shepherd; they report info and metrics, answer commands and perform
+// firmware updates (downloaded and verified, then kept nowhere: they only report the new version).
 import path from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { CommandError, UsageError } from '../errors.js'

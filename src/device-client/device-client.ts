@@ -1,9 +1,10 @@
 // A reference device: connects with a signed credential (contract §2), sets the recommended will,
-// reports info and metrics, and answers commands. Used by `shepherd simulate`, tests and
-// benchmarks, and meant to be read by people writing device firmware.
+// reports info and metrics, answers commands and performs firmware updates. Used by `shepherd
+// simulate`, tests and benchmarks, and meant to be read by people writing device firmware.
 import { createPrivateKey, sign, type KeyObject } from 'node:crypto'
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
 import { deviceTopic } from '../topics.js'
+import { createFirmwareUpdater, type FirmwareUpdater } from './firmware-updater.js'
 
 export interface DeviceIdentity {
   serial: string
@@ -45,14 +46,22 @@ export interface DeviceClientOptions extends CredentialOptions {
   reconnectPeriodMs?: number
   keepaliveSeconds?: number
   connectTimeoutMs?: number
-  /** Firmware info published (retained) on connect. */
+  /** Firmware info published (retained) on connect; an update changes its firmware_version. */
   info?: Record<string, unknown>
-  /** Answer commands (ping, identify, reboot). Default true. */
+  /** Answer commands (ping, identify, reboot, update) and take firmware offers. Default true. */
   answerCommands?: boolean
   /** Extra mqtt.js options (tests: TLS trust, for example). */
   mqttOptions?: Partial<IClientOptions>
-  /** Pause between a reboot command's reply and the reconnect. */
+  /** Pause between a reboot (command or update) and the reconnect. */
   rebootDelayMs?: number
+  /**
+   * What the device does with firmware offers (a test hook). 'apply' (default): download, verify,
+   * report applying, reboot and come back with the offered firmware_version, then report complete.
+   * 'revert': the same, but it comes back with its old firmware_version (an update that reverted).
+   * 'fail': report failed ("simulated failure") right after the download. 'ignore': do not act on
+   * offers at all — no reply to the update command, no update_status (server timeouts).
+   */
+  updateBehaviour?: 'apply' | 'revert' | 'ignore' | 'fail'
 }
 
 export interface CommandMessage { id: string, command: string, payload?: Record<string, unknown> }
@@ -98,9 +107,26 @@ export async function connectDevice (options: DeviceClientOptions): Promise<Devi
   }
   client.on('reconnect', refreshCredential)
 
+  let closed = false
+  // simulate a reboot: drop the connection, come back after a pause with a new credential
+  const simulateReboot = (): void => {
+    client.end(true, {}, () => {
+      setTimeout(() => { if (!closed) { refreshCredential(); client.reconnect() } }, options.rebootDelayMs ?? 1000).unref()
+    })
+  }
+
   const publish = async (topic: string, payload: string, qos: 0 | 1, retain: boolean): Promise<void> => {
     await client.publishAsync(topic, payload, { qos, retain })
   }
+  let info = options.info
+  const updater = options.answerCommands === false || options.updateBehaviour === 'ignore' ? undefined : createFirmwareUpdater({
+    behaviour: options.updateBehaviour,
+    report: (status) => publish(deviceTopic(serial, 'update_status'), JSON.stringify(status), 1, false),
+    reboot: (version) => {
+      if (version !== undefined) info = { ...info, firmware_version: version } // published on the reconnect
+      simulateReboot()
+    }
+  })
   const device: DeviceClient = {
     serial,
     mqtt: client,
@@ -108,13 +134,17 @@ export async function connectDevice (options: DeviceClientOptions): Promise<Devi
     publishMetrics: (points, qos = 1) => publish(deviceTopic(serial, 'metrics'), JSON.stringify({
       metrics: points.map(point => ({ recorded_at: Math.floor(Date.now() / 1000), ...point }))
     }), qos, false),
-    close: async () => { await client.endAsync() }
+    close: async () => {
+      closed = true
+      updater?.close()
+      await client.endAsync()
+    }
   }
 
-  if (options.info !== undefined) {
-    const info = options.info
-    client.on('connect', () => { void device.publishInfo(info).catch(() => {}) })
-  }
+  client.on('connect', () => {
+    if (info !== undefined) void device.publishInfo(info).catch(() => {})
+    updater?.connected() // after the info: the server completes an update on the new firmware_version
+  })
   if (options.answerCommands !== false) {
     client.on('connect', () => {
       client.subscribe([deviceTopic(serial, 'commands'), deviceTopic(serial, 'firmware'), deviceTopic(serial, 'errors')], { qos: 1 })
@@ -122,6 +152,13 @@ export async function connectDevice (options: DeviceClientOptions): Promise<Devi
     // delivery is at least once: a command sent again (after a reconnect) is recognised by its id
     const answered = new Set<string>()
     client.on('message', (topic, payload) => {
+      if (topic === deviceTopic(serial, 'firmware')) {
+        if (payload.length === 0) return // the offer was cleared
+        try {
+          updater?.offer(JSON.parse(payload.toString('utf8')))
+        } catch {}
+        return
+      }
       if (topic !== deviceTopic(serial, 'commands')) return
       let command: CommandMessage
       try {
@@ -130,10 +167,7 @@ export async function connectDevice (options: DeviceClientOptions): Promise<Devi
       if (answered.has(command.id)) return
       answered.add(command.id)
       if (answered.size > 1000) answered.delete(answered.values().next().value!)
-      answerCommand(client, serial, command, () => {
-        // simulate a reboot: drop the connection, come back after a pause with a new credential
-        client.end(true, {}, () => { setTimeout(() => { refreshCredential(); client.reconnect() }, options.rebootDelayMs ?? 1000).unref() })
-      })
+      answerCommand(client, serial, command, simulateReboot, updater)
     })
   }
 
@@ -156,7 +190,7 @@ export async function connectDevice (options: DeviceClientOptions): Promise<Devi
   return device
 }
 
-function answerCommand (client: MqttClient, serial: string, command: CommandMessage, reboot: () => void): void {
+function answerCommand (client: MqttClient, serial: string, command: CommandMessage, reboot: () => void, updater: FirmwareUpdater | undefined): void {
   const reply = (body: Record<string, unknown>): Promise<unknown> =>
     client.publishAsync(deviceTopic(serial, 'replies'), JSON.stringify({ id: command.id, ...body }), { qos: 1 })
   switch (command.command) {
@@ -169,6 +203,12 @@ function answerCommand (client: MqttClient, serial: string, command: CommandMess
     case 'reboot':
       void reply({ status: 'ok', result: { rebooting: true } }).then(reboot, () => {})
       break
+    case 'update': {
+      if (updater === undefined) break // updateBehaviour 'ignore'
+      const accepted = updater.offer(command.payload)
+      void reply(accepted.ok ? { status: 'ok', result: { update_id: accepted.updateId } } : { status: 'error', error: accepted.error }).catch(() => {})
+      break
+    }
     default:
       void reply({ status: 'error', error: `unsupported command ${JSON.stringify(command.command)}` }).catch(() => {})
   }

@@ -12,7 +12,7 @@ export interface RevocationAnnouncer {
   announceRevoked (serial: string): Promise<void>
 }
 
-export type InfoResult = { ok: true } | { ok: false, reason: string }
+export type InfoResult = { ok: true, firmware: FirmwareInfo } | { ok: false, reason: string }
 
 const FIRMWARE_KEYS = ['firmware_version', 'firmware_target', 'firmware_uuid'] as const
 const MAX_INFO_VALUE_LENGTH = 256
@@ -61,7 +61,7 @@ export function createDeviceRegistry (deps: { repo: DeviceRepository, announcer:
     }
     await repo.recordInfo(serial, firmware, metadata)
     events.emit({ type: 'device.info', data: { serial, ...firmware, metadata } })
-    return { ok: true }
+    return { ok: true, firmware }
   }
 
   /** Revokes (or restores) a device; a revocation is announced so that every node kicks it. */

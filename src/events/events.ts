@@ -10,8 +10,8 @@ export interface EventData {
   'device.info': { serial: string, firmware_version?: string, firmware_target?: string, firmware_uuid?: string, metadata: Record<string, unknown> }
   /** A device's answer on its `replies` topic, once recorded. */
   'command.reply': { serial: string, id: string, command: string, status: 'ok' | 'error', round_trip_ms: number | null, result?: unknown, error?: string }
-  /** A device's report on its `update_status` topic (emitted once OTA updates exist). */
-  'update.progress': { serial: string, update_id: string, status: string, progress?: number, error?: string }
+  /** An update changed state or progress (a device's `update_status` report, or the server's own decision). */
+  'update.progress': { serial: string, update_id: string, status: string, progress?: number, error?: string, reason?: string }
 }
 
 export type EventType = keyof EventData

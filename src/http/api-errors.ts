@@ -7,10 +7,12 @@ export const API_ERRORS = {
   invalid_request: 400,
   malformed_json: 400,
   unauthorized: 401,
+  forbidden: 403,
   not_found: 404,
   conflict: 409,
   payload_too_large: 413,
   unsupported_media_type: 415,
+  range_not_satisfiable: 416,
   internal_error: 500
 } as const
 

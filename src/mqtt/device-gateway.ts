@@ -12,12 +12,14 @@ import type { Logger } from '../logger.js'
 import type { Publish } from '../ports.js'
 import type { MetricsPipeline } from '../metrics/pipeline.js'
 import type { Commands } from '../commands/commands.js'
+import type { Updates } from '../firmware/updates.js'
 import { deviceTopic, parseDeviceTopic } from '../topics.js'
 
 /** What we know about an accepted device connection. */
 interface DeviceSession {
   serial: string
   connectionId: string
+  connectedAt: Date
   /** Set when the server closes the connection on purpose, so the disconnect carries the reason. */
   closeReason?: DisconnectReason
   /** A will on another topic than the device's own status: dropped, reported after connect. */
@@ -55,6 +57,8 @@ export interface DeviceGatewayDeps {
   metrics?: Pick<MetricsPipeline, 'ingest'>
   /** Delivers queued commands when a device listens on its `commands` topic, records its `replies`. */
   commands?: Pick<Commands, 'deliverPending' | 'recordReply'>
+  /** Follows OTA updates: `update_status` reports, firmware versions in `info`, devices listening for offers. */
+  updates?: Pick<Updates, 'recordStatus' | 'infoReported' | 'deviceListening'>
 }
 
 function remoteAddress (client: Client): string | undefined {
@@ -70,7 +74,7 @@ function authError (verdict: Extract<Verdict, { ok: false }>): AuthenticateError
 }
 
 export function createDeviceGateway (deps: DeviceGatewayDeps) {
-  const { authenticator, registry, presence, publish, logger, stats, metrics, commands } = deps
+  const { authenticator, registry, presence, publish, logger, stats, metrics, commands, updates } = deps
   const sessions = new WeakMap<Client, DeviceSession>()
   /** CONNECT packets between preConnect and authenticate, to drop the credential once checked. */
   const connects = new WeakMap<Client, { password?: Buffer }>()
@@ -122,7 +126,7 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
         takers.set(verdict.serial, client)
         client.conn.once('close', () => { if (takers.get(verdict.serial) === client) takers.delete(verdict.serial) })
         const rejectedWillTopic = (client as { shepherdRejectedWill?: string }).shepherdRejectedWill
-        sessions.set(client, { serial: verdict.serial, connectionId: crypto.randomUUID(), rejectedWillTopic })
+        sessions.set(client, { serial: verdict.serial, connectionId: crypto.randomUUID(), connectedAt: new Date(), rejectedWillTopic })
         stats.connectAccepted()
         done(null, true)
       }, (error: unknown) => {
@@ -216,6 +220,18 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
     reportRejection(session.serial, topic, 'a will may only be set on the device\'s own status topic; it was dropped')
   }
 
+  async function recordInfo (session: DeviceSession, payload: Buffer): Promise<{ ok: true } | { ok: false, reason: string }> {
+    const result = await registry.recordInfo(session.serial, payload)
+    const version = result.ok ? result.firmware.firmware_version : undefined
+    if (updates !== undefined && version !== undefined) await updates.infoReported(session.serial, version, session.connectedAt)
+    return result
+  }
+
+  /** The device listens for firmware offers: its offer in progress goes out again, with a fresh download URL. */
+  function offerAgain (serial: string): void {
+    updates?.deviceListening(serial).catch((error: unknown) => { logger.error({ serial, err: error }, 'could not offer the firmware update again') })
+  }
+
   function attach (broker: Aedes): void {
     aedes = broker
     broker.on('clientReady', (client) => {
@@ -228,14 +244,16 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
       const restored = (client as { subscriptions?: Record<string, unknown> }).subscriptions ?? {}
       if (Object.hasOwn(restored, deviceTopic(session.serial, 'errors'))) reportRejectedWill(session)
       if (Object.hasOwn(restored, deviceTopic(session.serial, 'commands'))) void commands?.deliverPending(session.serial)
+      if (Object.hasOwn(restored, deviceTopic(session.serial, 'firmware'))) offerAgain(session.serial)
     })
     broker.on('subscribe', (subscriptions, client) => {
       const session = sessions.get(client)
       if (session === undefined) return
       // a refused filter comes with qos 128
-      const granted = (leaf: 'errors' | 'commands'): boolean => subscriptions.some(s => s.topic === deviceTopic(session.serial, leaf) && (s.qos as number) !== 128)
+      const granted = (leaf: 'errors' | 'commands' | 'firmware'): boolean => subscriptions.some(s => s.topic === deviceTopic(session.serial, leaf) && (s.qos as number) !== 128)
       if (session.rejectedWillTopic !== undefined && granted('errors')) reportRejectedWill(session)
       if (commands !== undefined && granted('commands')) void commands.deliverPending(session.serial)
+      if (granted('firmware')) offerAgain(session.serial)
     })
     broker.on('clientDisconnect', (client) => {
       const session = sessions.get(client)
@@ -249,8 +267,9 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
       if (session === undefined) return
       const { serial } = session
       let recorded: Promise<{ ok: true } | { ok: false, reason: string }>
-      if (packet.topic === deviceTopic(serial, 'info')) recorded = registry.recordInfo(serial, packet.payload as Buffer)
+      if (packet.topic === deviceTopic(serial, 'info')) recorded = recordInfo(session, packet.payload as Buffer)
       else if (commands !== undefined && packet.topic === deviceTopic(serial, 'replies')) recorded = commands.recordReply(serial, packet.payload as Buffer)
+      else if (updates !== undefined && packet.topic === deviceTopic(serial, 'update_status')) recorded = updates.recordStatus(serial, packet.payload as Buffer)
       else return
       recorded.then((result) => {
         if (result.ok) return

@@ -1,0 +1,284 @@
+// OTA updates, tracked from offer to outcome. Starting one records it (pending), publishes the
+// offer retained on the device's `firmware` topic (a device that is offline gets it when it
+// subscribes) and sends it as an `update` command. The device's `update_status` reports move it
+// through downloading and applying; it is complete when the device says so or comes back
+// reporting the new firmware_version, failed when the device says so, comes back on the old
+// version after applying (reverted), or goes quiet for too long (timeout). A finished update's
+// retained offer is cleared. Offers carry a signed download URL that expires, so every delivery
+// (a command sent later, a device subscribing again) gets a freshly signed one.
+// Knows nothing of MQTT, HTTP or knex.
+import { randomUUID } from 'node:crypto'
+import type { Commands } from '../commands/commands.js'
+import { MAX_TTL_SECONDS } from '../commands/command-request.js'
+import type { Command } from '../commands/types.js'
+import type { EventSink } from '../events/events.js'
+import { createKeyedQueue } from '../keyed-queue.js'
+import type { Logger } from '../logger.js'
+import { beforeTimeKey, pageOf, timeKeyOf, type Page } from '../paging.js'
+import type { Publish } from '../ports.js'
+import { deviceTopic } from '../topics.js'
+import type { FirmwareStore } from './firmware-store.js'
+import { ACTIVE_UPDATE_STATES, UPDATE_STATES, type Firmware, type Rollout, type RolloutCounts, type StatusReport, type Update, type UpdateRepository } from './types.js'
+
+export const DEFAULT_UPDATE_TTL_SECONDS = 7 * 86_400
+
+/** What the updates domain needs to know of a device. */
+export interface UpdateTarget { serial: string, revoked: boolean, firmware_version: string | null, firmware_target: string | null }
+
+export interface UpdateRequest { firmware_id: string, force?: boolean, ttl_seconds?: number }
+
+export type StartRefusal =
+  | { ok: false, reason: 'invalid', field: string, message: string }
+  | { ok: false, reason: 'firmware_not_found' | 'not_found' | 'revoked' }
+  | { ok: false, reason: 'target_mismatch', message: string }
+  | { ok: false, reason: 'update_in_progress', update: Update }
+
+export type StartResult = { ok: true, update: Update } | StartRefusal
+
+export type GroupStartResult =
+  | { ok: true, rollout: Rollout, updates: Update[], skipped: Array<{ serial: string, reason: string, message: string }> }
+  | { ok: false, reason: 'invalid', field: string, message: string }
+  | { ok: false, reason: 'not_found' | 'firmware_not_found' }
+
+/** The offer of contract §3: the `update` command's payload and the retained `firmware` message. */
+export interface Offer { update_id: string, firmware_id: string, version: string, target: string, url: string, sha256: string, size: number, reboot: true }
+
+export interface UpdatesDeps {
+  repo: UpdateRepository
+  firmware: Pick<FirmwareStore, 'get'>
+  findDevice (serial: string): Promise<UpdateTarget | undefined>
+  /** A group's members' serials; undefined when there is no such group. */
+  groupMembers (groupId: number): Promise<Array<{ serial: string }> | undefined>
+  commands: Pick<Commands, 'issue'>
+  publish: Publish
+  /** An absolute, freshly signed download URL for the firmware. */
+  downloadUrl (firmwareId: string): string
+  events: EventSink
+  logger: Logger
+  stageTimeoutSeconds: number
+  now? (): Date
+}
+
+function parseStatus (payload: Buffer): { ok: true, report: StatusReport } | { ok: false, reason: string } {
+  let body: unknown
+  try {
+    body = JSON.parse(payload.toString('utf8'))
+  } catch {
+    return { ok: false, reason: 'an update status must be a JSON object' }
+  }
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) return { ok: false, reason: 'an update status must be a JSON object' }
+  const { update_id: id, status, progress, error } = body as Record<string, unknown>
+  if (typeof id !== 'string' || !/^[0-9a-f-]{36}$/i.test(id)) return { ok: false, reason: 'update_id must be an update id (uuid)' }
+  if (!(UPDATE_STATES as readonly unknown[]).includes(status)) return { ok: false, reason: `status must be one of ${UPDATE_STATES.join(', ')} (update ${id})` }
+  if (progress !== undefined && progress !== null && !(Number.isInteger(progress) && (progress as number) >= 0 && (progress as number) <= 100)) {
+    return { ok: false, reason: `progress must be an integer from 0 to 100 (update ${id})` }
+  }
+  if (error !== undefined && error !== null && typeof error !== 'string') return { ok: false, reason: `error must be a string (update ${id})` }
+  return {
+    ok: true,
+    report: { updateId: id.toLowerCase(), state: status as StatusReport['state'], progress: (progress as number | undefined) ?? null, error: typeof error === 'string' ? error.slice(0, 4096) : null }
+  }
+}
+
+export function createUpdates (deps: UpdatesDeps) {
+  const { repo, publish, events, logger } = deps
+  const now = deps.now ?? (() => new Date())
+  // a device's reports (update_status, info) are applied in the order they arrived
+  const reports = createKeyedQueue()
+
+  const offerOf = (update: Update): Offer => ({
+    update_id: update.id, firmware_id: update.firmware_id!, version: update.version, target: update.target,
+    url: deps.downloadUrl(update.firmware_id!), sha256: update.sha256, size: update.size, reboot: true
+  })
+
+  async function publishOffer (update: Update): Promise<void> {
+    await publish(deviceTopic(update.serial, 'firmware'), JSON.stringify(offerOf(update)), { qos: 1, retain: true })
+  }
+
+  function emitProgress (update: Update): void {
+    events.emit({
+      type: 'update.progress',
+      data: {
+        serial: update.serial, update_id: update.id, status: update.state,
+        ...(update.progress === null ? {} : { progress: update.progress }),
+        ...(update.error === null ? {} : { error: update.error }),
+        ...(update.failure_reason === null ? {} : { reason: update.failure_reason })
+      }
+    })
+  }
+
+  /** A finished update: its retained offer is cleared, and everyone watching is told. */
+  async function finished (update: Update): Promise<void> {
+    logger.info({ serial: update.serial, update: update.id, version: update.version, state: update.state, reason: update.failure_reason, error: update.error }, `update ${update.state}`)
+    emitProgress(update)
+    await publish(deviceTopic(update.serial, 'firmware'), '', { qos: 1, retain: true }).catch((error: unknown) => {
+      logger.warn({ serial: update.serial, update: update.id, err: error }, 'could not clear the retained firmware offer')
+    })
+  }
+
+  const afterChange = async (update: Update): Promise<void> => {
+    if (update.state === 'complete' || update.state === 'failed') await finished(update)
+    else emitProgress(update)
+  }
+
+  function checkRequest (request: UpdateRequest): { ok: true, ttlSeconds: number } | { ok: false, reason: 'invalid', field: string, message: string } {
+    const ttl = request.ttl_seconds ?? DEFAULT_UPDATE_TTL_SECONDS
+    if (!Number.isInteger(ttl) || ttl < 1 || ttl > MAX_TTL_SECONDS) {
+      return { ok: false, reason: 'invalid', field: 'ttl_seconds', message: `ttl_seconds must be an integer from 1 to ${MAX_TTL_SECONDS}` }
+    }
+    return { ok: true, ttlSeconds: ttl }
+  }
+
+  async function startOn (serial: string, firmware: Firmware, request: UpdateRequest & { ttlSeconds: number }, rolloutId: string | null): Promise<StartResult> {
+    const device = await deps.findDevice(serial)
+    if (device === undefined) return { ok: false, reason: 'not_found' }
+    if (device.revoked) return { ok: false, reason: 'revoked' }
+    const force = request.force === true
+    if (!force && device.firmware_target !== null && device.firmware_target !== firmware.target) {
+      return { ok: false, reason: 'target_mismatch', message: `firmware ${firmware.id} is for target ${firmware.target}; device ${serial} reports ${device.firmware_target} (force: true overrides)` }
+    }
+    const at = now()
+    const inserted = await repo.insert({
+      id: randomUUID(), serial, firmware_id: firmware.id, version: firmware.version, target: firmware.target, sha256: firmware.sha256, size: firmware.size,
+      previous_version: device.firmware_version, rollout_id: rolloutId, created_at: at, expires_at: new Date(at.getTime() + request.ttlSeconds * 1000)
+    }, { supersede: force, at })
+    if (inserted === undefined) {
+      const active = await repo.findActive(serial)
+      return active === undefined ? await startOn(serial, firmware, request, rolloutId) : { ok: false, reason: 'update_in_progress', update: active }
+    }
+    const { update, superseded } = inserted
+    if (superseded !== undefined) {
+      logger.info({ serial, update: superseded.id, by: update.id }, 'update superseded')
+      emitProgress(superseded)
+    }
+    logger.info({ serial, update: update.id, firmware: firmware.id, version: firmware.version, from: device.firmware_version }, 'update started')
+    emitProgress(update)
+    await publishOffer(update)
+    const issued = await deps.commands.issue(serial, { command: 'update', payload: { ...offerOf(update) }, ttl_seconds: request.ttlSeconds })
+    if (issued.ok) await repo.setCommand(update.id, issued.command.id)
+    else logger.warn({ serial, update: update.id, reason: issued.reason }, 'the update command was not issued; the retained offer stands')
+    return { ok: true, update: issued.ok ? { ...update, command_id: issued.command.id } : update }
+  }
+
+  return {
+    async start (serial: string, request: UpdateRequest): Promise<StartResult> {
+      const checked = checkRequest(request)
+      if (!checked.ok) return checked
+      const firmware = await deps.firmware.get(request.firmware_id)
+      if (firmware === undefined) return { ok: false, reason: 'firmware_not_found' }
+      return await startOn(serial, firmware, { ...request, ttlSeconds: checked.ttlSeconds }, null)
+    },
+
+    /** Starts the update on every member; members it cannot start on are listed with the reason. */
+    async startForGroup (groupId: number, request: UpdateRequest): Promise<GroupStartResult> {
+      const checked = checkRequest(request)
+      if (!checked.ok) return checked
+      const firmware = await deps.firmware.get(request.firmware_id)
+      if (firmware === undefined) return { ok: false, reason: 'firmware_not_found' }
+      const members = await deps.groupMembers(groupId)
+      if (members === undefined) return { ok: false, reason: 'not_found' }
+      const rollout: Rollout = { id: randomUUID(), group_id: groupId, firmware_id: firmware.id, version: firmware.version, created_at: now() }
+      await repo.insertRollout(rollout)
+      const updates: Update[] = []
+      const skipped: Array<{ serial: string, reason: string, message: string }> = []
+      for (const { serial } of members) {
+        const result = await startOn(serial, firmware, { ...request, ttlSeconds: checked.ttlSeconds }, rollout.id)
+        if (result.ok) updates.push(result.update)
+        else skipped.push({ serial, reason: result.reason, message: describeRefusal(result, `device ${serial}`) })
+      }
+      logger.info({ group: groupId, rollout: rollout.id, version: firmware.version, started: updates.length, skipped: skipped.length }, 'update rolled out to a group')
+      return { ok: true, rollout, updates, skipped }
+    },
+
+    /** A message on the device's `update_status` topic. */
+    recordStatus: (serial: string, payload: Buffer): Promise<{ ok: true } | { ok: false, reason: string }> => reports.run(serial, async () => {
+      const parsed = parseStatus(payload)
+      if (!parsed.ok) return parsed
+      const { report } = parsed
+      const update = await repo.report(serial, report.updateId, {
+        state: report.state, progress: report.progress, error: report.error, failure_reason: report.state === 'failed' ? 'device' : null
+      }, now())
+      if (update === undefined) {
+        const known = await repo.find(report.updateId)
+        // another device's update id is answered like an unknown one
+        if (known?.serial !== serial) return { ok: false, reason: `no update ${report.updateId} for this device` }
+        // the final report again (a QoS 1 duplicate, or `complete` after the new version in info already completed it)
+        if (known.state === report.state) return { ok: true as const }
+        return { ok: false, reason: `update ${report.updateId} is already ${known.state}` }
+      }
+      await afterChange(update)
+      return { ok: true as const }
+    }),
+
+    /** The device reported its firmware in `info`, on a connection made at `connectedAt`. */
+    infoReported: (serial: string, firmwareVersion: string, connectedAt: Date): Promise<void> => reports.run(serial, async () => {
+      const update = await repo.findActive(serial)
+      if (update === undefined) return
+      let changed: Update | undefined
+      if (firmwareVersion === update.version) {
+        changed = await repo.report(serial, update.id, { state: 'complete', progress: 100, error: null, failure_reason: null }, now())
+      } else if (update.state === 'applying' && update.applying_at !== null && connectedAt > update.applying_at) {
+        changed = await repo.report(serial, update.id, {
+          state: 'failed', progress: update.progress, failure_reason: 'reverted',
+          error: `the device came back with firmware ${firmwareVersion} after applying ${update.version}`
+        }, now())
+      }
+      if (changed !== undefined) await afterChange(changed)
+    }),
+
+    /** The device listens on its `firmware` topic again: its offer is published anew with a fresh URL. */
+    async deviceListening (serial: string): Promise<void> {
+      const update = await repo.findActive(serial)
+      if (update !== undefined && update.state !== 'applying' && update.firmware_id !== null) await publishOffer(update)
+    },
+
+    /**
+     * The payload to deliver for a command: an `update` command gets a freshly signed URL, or is
+     * not delivered (undefined) when its update is no longer in progress.
+     */
+    async commandPayload (command: Command): Promise<Record<string, unknown> | undefined> {
+      if (command.command !== 'update') return command.payload
+      const update = await repo.find(String(command.payload.update_id))
+      if (update === undefined) return command.payload // sent by hand, not by an update
+      if (!ACTIVE_UPDATE_STATES.includes(update.state) || update.firmware_id === null) return undefined
+      return { ...command.payload, url: deps.downloadUrl(update.firmware_id) }
+    },
+
+    /** Fails updates that went quiet while downloading or applying, or were not started before they expired. */
+    async failStale (): Promise<number> {
+      const at = now()
+      const failed = await repo.failStale(new Date(at.getTime() - deps.stageTimeoutSeconds * 1000), at)
+      for (const update of failed) await finished(update)
+      return failed.length
+    },
+
+    get: (id: string) => repo.find(id),
+
+    deviceExists: async (serial: string) => await deps.findDevice(serial) !== undefined,
+
+    /** Throws InvalidCursor for a cursor this server did not issue. */
+    async listForDevice (serial: string, options: { cursor?: string, limit: number }): Promise<Page<Update>> {
+      const key = beforeTimeKey(options.cursor)
+      const rows = await repo.listForDevice(serial, { before: key === undefined ? undefined : { createdAt: key.at, id: key.id }, limit: options.limit + 1 })
+      return pageOf(rows, options.limit, update => timeKeyOf(update.created_at, update.id))
+    },
+
+    /** A group rollout with its updates counted by state; undefined when it is not that group's. */
+    async rollout (groupId: number, id: string): Promise<(Rollout & RolloutCounts) | undefined> {
+      const rollout = await repo.findRollout(id)
+      return rollout?.group_id === groupId ? rollout : undefined
+    }
+  }
+}
+
+export function describeRefusal (refusal: StartRefusal, what: string): string {
+  switch (refusal.reason) {
+    case 'invalid': case 'target_mismatch': return refusal.message
+    case 'firmware_not_found': return 'no such firmware'
+    case 'not_found': return `${what} not found`
+    case 'revoked': return `${what} is revoked; unrevoke it before updating it`
+    case 'update_in_progress': return `${what} has update ${refusal.update.id} in progress (${refusal.update.state}); force: true replaces it`
+  }
+}
+
+export type Updates = ReturnType<typeof createUpdates>

@@ -1,0 +1,147 @@
+// knex implementation of the firmware and update repositories. Every statement runs unchanged on
+// PostgreSQL 15 and on PGlite.
+import type { Knex } from 'knex'
+import {
+  ACTIVE_UPDATE_STATES, UPDATE_STATES, type Firmware, type FirmwareRepository, type Rollout, type RolloutCounts, type Update, type UpdateRepository
+} from '../../firmware/types.js'
+
+const UNIQUE_VIOLATION = '23505'
+
+type FirmwareRow = Omit<Firmware, 'size'> & { size: number | string }
+type UpdateRow = Omit<Update, 'size'> & { size: number | string }
+
+const firmwareOf = (row: FirmwareRow): Firmware => ({ ...row, size: Number(row.size) })
+const updateOf = (row: UpdateRow): Update => ({ ...row, size: Number(row.size) })
+const isUniqueViolation = (error: unknown): boolean => (error as { code?: string }).code === UNIQUE_VIOLATION
+
+export function createFirmwareRepository (knex: Knex): FirmwareRepository {
+  const firmware = () => knex<FirmwareRow>('firmware')
+  return {
+    async insert (record) {
+      try {
+        await firmware().insert(record)
+        return true
+      } catch (error) {
+        if (isUniqueViolation(error)) return false
+        throw error
+      }
+    },
+
+    async find (id) {
+      const row = await firmware().where({ id }).first() as FirmwareRow | undefined
+      return row === undefined ? undefined : firmwareOf(row)
+    },
+
+    async findDuplicate (meta, sha256) {
+      const row = await firmware()
+        .where(query => {
+          void query.where({ target: meta.target, version: meta.version }).whereRaw("coalesce(application, '') = ?", [meta.application ?? ''])
+          if (sha256 !== undefined) void query.orWhere({ sha256 })
+        })
+        .orderByRaw('sha256 = ? desc', [sha256 ?? '']).first() as FirmwareRow | undefined
+      return row === undefined ? undefined : firmwareOf(row)
+    },
+
+    async list ({ target, before, limit }) {
+      const query = firmware().orderBy([{ column: 'created_at', order: 'desc' }, { column: 'id', order: 'desc' }]).limit(limit)
+      if (target !== undefined) void query.where({ target })
+      if (before !== undefined) void query.whereRaw('(created_at, id) < (?::timestamptz, ?::uuid)', [before.createdAt.toISOString(), before.id])
+      return (await query as FirmwareRow[]).map(firmwareOf)
+    },
+
+    async delete (id) {
+      return await knex.transaction(async (trx) => {
+        const row = await trx('firmware').where({ id }).forUpdate().first('id')
+        if (row === undefined) return 'not_found'
+        const active = await trx('updates').where({ firmware_id: id }).whereIn('state', ACTIVE_UPDATE_STATES).first('id')
+        if (active !== undefined) return 'in_use'
+        await trx('firmware').where({ id }).delete()
+        return 'deleted'
+      })
+    }
+  }
+}
+
+export function createUpdateRepository (knex: Knex): UpdateRepository {
+  const updates = () => knex<UpdateRow>('updates')
+  return {
+    async insert (draft, { supersede, at }) {
+      return await knex.transaction(async (trx) => {
+        let superseded: Update | undefined
+        if (supersede) {
+          const [row] = await trx('updates').where({ serial: draft.serial }).whereIn('state', ACTIVE_UPDATE_STATES)
+            .update({ state: 'failed', failure_reason: 'superseded', error: `superseded by update ${draft.id}`, completed_at: at, status_at: at }).returning('*') as UpdateRow[]
+          if (row !== undefined) superseded = updateOf(row)
+        }
+        const [row] = await trx('updates').insert({ ...draft, state: 'pending', status_at: at })
+          .onConflict(knex.raw("(serial) WHERE state IN ('pending', 'downloading', 'applying')")).ignore().returning('*') as UpdateRow[]
+        return row === undefined ? undefined : { update: updateOf(row), superseded }
+      })
+    },
+
+    async setCommand (id, commandId) {
+      await updates().where({ id }).update({ command_id: commandId })
+    },
+
+    async find (id) {
+      const row = await updates().where({ id }).first() as UpdateRow | undefined
+      return row === undefined ? undefined : updateOf(row)
+    },
+
+    async findActive (serial) {
+      const row = await updates().where({ serial }).whereIn('state', ACTIVE_UPDATE_STATES).first() as UpdateRow | undefined
+      return row === undefined ? undefined : updateOf(row)
+    },
+
+    async listForDevice (serial, { before, limit }) {
+      const query = updates().where({ serial }).orderBy([{ column: 'created_at', order: 'desc' }, { column: 'id', order: 'desc' }]).limit(limit)
+      if (before !== undefined) void query.whereRaw('(created_at, id) < (?::timestamptz, ?::uuid)', [before.createdAt.toISOString(), before.id])
+      return (await query as UpdateRow[]).map(updateOf)
+    },
+
+    async report (serial, id, change, at) {
+      const finished = change.state === 'complete' || change.state === 'failed'
+      const [row] = await updates().where({ id, serial }).whereIn('state', ACTIVE_UPDATE_STATES)
+        .update({
+          state: change.state,
+          progress: change.state === 'complete' ? 100 : change.progress === null ? knex.raw('progress') : change.progress,
+          error: change.error,
+          failure_reason: change.failure_reason,
+          status_at: at,
+          downloading_at: change.state === 'downloading' ? knex.raw('coalesce(downloading_at, ?::timestamptz)', [at.toISOString()]) : knex.raw('downloading_at'),
+          applying_at: change.state === 'applying' ? knex.raw('coalesce(applying_at, ?::timestamptz)', [at.toISOString()]) : knex.raw('applying_at'),
+          completed_at: finished ? at : null
+        } as never).returning('*') as UpdateRow[]
+      return row === undefined ? undefined : updateOf(row)
+    },
+
+    async failStale (quietSince, now) {
+      const rows = await updates()
+        .where(query => {
+          void query.where(q => { void q.whereIn('state', ['downloading', 'applying']).where('status_at', '<', quietSince) })
+            .orWhere(q => { void q.where({ state: 'pending' }).where('expires_at', '<=', now) })
+        })
+        .update({
+          state: 'failed',
+          failure_reason: 'timeout',
+          error: knex.raw("CASE WHEN state = 'pending' THEN 'the device did not start the update before it expired' ELSE 'no report from the device while ' || state || ' for too long (UPDATE_STAGE_TIMEOUT)' END"),
+          completed_at: now,
+          status_at: now
+        } as never).returning('*') as UpdateRow[]
+      return rows.map(updateOf)
+    },
+
+    async insertRollout (rollout: Rollout) {
+      await knex('update_rollouts').insert(rollout)
+    },
+
+    async findRollout (id) {
+      const rollout = await knex('update_rollouts').where({ id }).first() as (Rollout & { group_id: number | string | null }) | undefined
+      if (rollout === undefined) return undefined
+      const counted = await updates().where({ rollout_id: id }).groupBy('state').select('state').count({ count: '*' }) as Array<{ state: Update['state'], count: string | number }>
+      const states = Object.fromEntries(UPDATE_STATES.map(state => [state, 0])) as RolloutCounts['states']
+      for (const { state, count } of counted) states[state] = Number(count)
+      return { ...rollout, group_id: rollout.group_id === null ? null : Number(rollout.group_id), total: Object.values(states).reduce((sum, n) => sum + n, 0), states }
+    }
+  }
+}

@@ -46,7 +46,7 @@ import { createCommands, type Commands } from './commands/commands.js'
 import type { CommandRequest } from './commands/command-request.js'
 import { createCommandRepository } from './storage/repos/commands-repo.js'
 import { commandRoutes } from './http/routes/commands.js'
-import { createFirmwareStore } from './firmware/firmware-store.js'
+import { createFirmwareStore, type MetaInput } from './firmware/firmware-store.js'
 import { createDownloadUrls } from './firmware/download-urls.js'
 import { createUpdates, type Updates } from './firmware/updates.js'
 import { createFirmwareFiles } from './storage/firmware-files.js'
@@ -54,7 +54,7 @@ import { createFirmwareRepository, createUpdateRepository } from './storage/repo
 import { loadSecretKeyBase } from './storage/secret-key.js'
 import { firmwareRoutes } from './http/routes/firmware.js'
 import { updateRoutes } from './http/routes/updates.js'
-import type { FirmwareMeta, StagedFile } from './firmware/types.js'
+import type { StagedFile } from './firmware/types.js'
 
 export interface ServerOptions {
   logger?: Logger
@@ -240,7 +240,7 @@ export async function createServer (config: Config, options: ServerOptions = {})
       'token.revoke': async ({ name }) => await tokens.revoke(String(name)),
       'command.issue': async ({ serial, request }) => await commands.issue(String(serial), request as CommandRequest),
       'command.get': async ({ id }) => await commands.get(String(id)) ?? null,
-      'firmware.register': async ({ meta, staged }) => await firmwareStore.register(meta as FirmwareMeta, staged as StagedFile)
+      'firmware.register': async ({ meta, staged }) => await firmwareStore.register(meta as MetaInput, staged as StagedFile)
     })
 
     let tcp: TcpListener | undefined

@@ -14,6 +14,8 @@ Commands:
   revoke SERIAL                           revoke a device (a connected device is disconnected at once)
   command SERIAL ping|identify|reboot [--wait] [--timeout 30] [--ttl SECONDS] [--echo TEXT]
                                           send a command to a device; --wait prints its answer
+  firmware upload FILE --version V --target T [--application A]
+                                          add a firmware file to the store (FIRMWARE_DIR), with a progress bar
   token create --name N                   create a REST API token and print it once (alone on the last line)
   token list                              list REST API tokens: name, created, last used
   token revoke NAME                       revoke a REST API token
@@ -54,6 +56,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   revoke: async () => (await import('./revoke.js')).revoke,
   token: async () => (await import('./tokens.js')).token,
   command: async () => (await import('./command.js')).command,
+  firmware: async () => (await import('./firmware.js')).firmware,
   simulate: async () => (await import('./simulate.js')).simulate
 }
 

@@ -16,13 +16,15 @@ export type AddResult =
   | { ok: false, reason: 'invalid', field: string, message: string }
   | { ok: false, reason: 'duplicate', existing: Firmware, message: string }
 
-export function checkFirmwareMeta (input: { version?: string, target?: string, application?: string }): MetaCheck {
+export interface MetaInput { version?: string, target?: string, application?: string | null }
+
+export function checkFirmwareMeta (input: MetaInput): MetaCheck {
   const { version, target, application } = input
   if (version === undefined || semver.valid(version) === null || version.length > 64) {
     return { ok: false, field: 'version', message: 'version must be a SemVer version such as 1.4.0 or 2.0.0-rc.1 (at most 64 characters)' }
   }
   if (target === undefined || !NAME.test(target)) return { ok: false, field: 'target', message: 'target must be 1–64 letters, digits, ".", "_", "+" or "-" (the devices\' firmware_target)' }
-  if (application !== undefined && !NAME.test(application)) return { ok: false, field: 'application', message: 'application must be 1–64 letters, digits, ".", "_", "+" or "-"' }
+  if (application !== undefined && application !== null && !NAME.test(application)) return { ok: false, field: 'application', message: 'application must be 1–64 letters, digits, ".", "_", "+" or "-"' }
   return { ok: true, meta: { version, target, application: application ?? null } }
 }
 
@@ -37,7 +39,13 @@ export function createFirmwareStore (deps: { repo: FirmwareRepository, storage: 
   const now = deps.now ?? (() => new Date())
 
   /** Records a staged file (from an upload, or written by the CLI) under its meta; the file is kept only if the record is. */
-  async function register (meta: FirmwareMeta, staged: StagedFile): Promise<AddResult> {
+  async function register (input: MetaInput, staged: StagedFile): Promise<AddResult> {
+    const checked = checkFirmwareMeta(input)
+    if (!checked.ok) {
+      await storage.discard(staged)
+      return { ok: false, reason: 'invalid', field: checked.field, message: checked.message }
+    }
+    const { meta } = checked
     const duplicate = await repo.findDuplicate(meta, staged.sha256)
     if (duplicate !== undefined) {
       await storage.discard(staged)
@@ -63,13 +71,13 @@ export function createFirmwareStore (deps: { repo: FirmwareRepository, storage: 
     register,
 
     /** Streams an upload into the store. Throws FirmwareTooLarge past the limit (nothing kept). */
-    async add (input: { version?: string, target?: string, application?: string }, body: AsyncIterable<Buffer | Uint8Array>): Promise<AddResult> {
+    async add (input: MetaInput, body: AsyncIterable<Buffer | Uint8Array>): Promise<AddResult> {
       const checked = checkFirmwareMeta(input)
       if (!checked.ok) return { ok: false, reason: 'invalid', field: checked.field, message: checked.message }
       // refused before the bytes are read when the version is taken already
       const taken = await repo.findDuplicate(checked.meta)
       if (taken !== undefined) return { ok: false, reason: 'duplicate', existing: taken, message: describeDuplicate(taken) }
-      return await register(checked.meta, await storage.stage(body, maxBytes))
+      return await register(input, await storage.stage(body, maxBytes))
     },
 
     get: (id: string) => repo.find(id),

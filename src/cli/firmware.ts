@@ -1,0 +1,49 @@
+// `shepherd firmware upload FILE --version V --target T [--application A]`: copies the file into
+// the firmware store (FIRMWARE_DIR, as the server is configured) with a progress bar, hashing it
+// on the way, and records it: through the running server on the embedded database, on the
+// database itself otherwise. The same checks as the REST upload apply (SemVer, duplicates).
+import { createReadStream } from 'node:fs'
+import { stat } from 'node:fs/promises'
+import { Transform } from 'node:stream'
+import { loadConfig } from '../config.js'
+import { CommandError, UsageError } from '../errors.js'
+import { checkFirmwareMeta, createFirmwareStore, type AddResult } from '../firmware/firmware-store.js'
+import { createLogger } from '../logger.js'
+import { createFirmwareFiles } from '../storage/firmware-files.js'
+import { createFirmwareRepository } from '../storage/repos/firmware-repo.js'
+import { parseCommand, type Output } from './main.js'
+import { createProgressBar } from './progress.js'
+import { viaServerOrDatabase } from './via-server.js'
+
+export async function firmware (args: string[], output: Output): Promise<void> {
+  const [subcommand, ...rest] = args
+  if (subcommand !== 'upload') throw new UsageError('usage: shepherd firmware upload FILE --version V --target T [--application A]')
+  const { values, positionals: [file] } = parseCommand(rest, {
+    version: { type: 'string' },
+    target: { type: 'string' },
+    application: { type: 'string' }
+  }, 1)
+  const checked = checkFirmwareMeta(values)
+  if (!checked.ok) throw new UsageError(checked.message.replace(/^(version|target|application)/, '--$1'))
+  const size = await stat(file!).then(found => found.isFile() ? found.size : undefined, () => undefined)
+  if (size === undefined) throw new CommandError(`${file} is not a readable file`)
+
+  const config = loadConfig()
+  if (size > config.firmwareMaxBytes) throw new CommandError(`${file} has ${size} bytes; firmware files are limited to ${config.firmwareMaxBytes} (FIRMWARE_MAX_SIZE)`)
+  const storage = await createFirmwareFiles(config.firmwareDir)
+  const bar = createProgressBar('uploading', size)
+  const counted = new Transform({ transform (chunk: Buffer, _encoding, done) { bar.advance(chunk.length); done(null, chunk) } })
+  const staged = await storage.stage(createReadStream(file!).pipe(counted), config.firmwareMaxBytes)
+  bar.done()
+
+  const result = await viaServerOrDatabase<AddResult>(config, 'firmware.register', { meta: checked.meta, staged }, async (db) => {
+    const store = createFirmwareStore({ repo: createFirmwareRepository(db.knex), storage, maxBytes: config.firmwareMaxBytes, logger: createLogger('silent') })
+    return await store.register(checked.meta, staged)
+  }).catch(async (error: unknown) => {
+    await storage.discard(staged)
+    throw error
+  })
+  if (!result.ok) throw new CommandError(result.message)
+  const { id, version, target, application, sha256 } = result.firmware
+  output.out(`firmware ${id}: ${target}${application === null ? '' : ` (${application})`} ${version}, ${size} bytes, sha256 ${sha256}`)
+}

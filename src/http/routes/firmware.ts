@@ -103,6 +103,7 @@ export function firmwareRoutes (deps: { store: FirmwareStore, urls: DownloadUrls
       config: { public: true },
       schema: {
         summary: 'Download a firmware file with a signed URL (from an update offer); supports Range requests',
+        security: [],
         tags, params: FirmwareParams, querystring: DownloadQuery,
         response: { 200: Type.Unknown({ description: 'the file' }), 206: Type.Unknown({ description: 'the requested range' }), ...errors(403, 404, 416) }
       }

@@ -39,6 +39,7 @@ import {
 } from './lib/environment.js'
 import { makeBenchFleet } from './lib/fleet.js'
 import { mib, thousands, percentile } from './lib/figures.js'
+import { guardRun } from './lib/run-guard.js'
 
 const MAX_DEVICES = 20_000
 const TARGET = { devices: 2000, rate: 200, p99Ms: 50 }
@@ -112,7 +113,6 @@ const live = new Set<BrokerProcess>()
 const closers = new Set<() => void>()
 let database: ThrowawayDatabase | undefined
 let workDir: string | undefined
-let phase = 'starting'
 /** Filled as each broker's run completes: an aborted run still reports those. */
 const results: Figures[] = []
 
@@ -130,17 +130,11 @@ async function cleanUp (): Promise<void> {
   if (workDir !== undefined) await rm(workDir, { recursive: true, force: true })
 }
 
-function abort (why: string): void {
-  console.error(`\naborted (${why}) while ${phase}`)
-  if (results.length > 0) report(results)
-  else console.error('no figures for this run')
-  const forced = setTimeout(() => process.exit(2), 15_000)
-  forced.unref()
-  void cleanUp().finally(() => process.exit(2))
-}
-const deadline = setTimeout(() => { abort(`the run exceeded --timeout ${options.timeoutSeconds} s`) }, options.timeoutSeconds * 1000)
-process.once('SIGINT', () => { abort('interrupted') })
-setInterval(() => { console.error(`... ${phase}`) }, 30_000).unref()
+const guard = guardRun({
+  timeoutSeconds: options.timeoutSeconds,
+  reportPartial: () => { if (results.length > 0) report(results); return results.length > 0 },
+  cleanUp
+})
 
 // ---------------------------------------------------------------------------------------------
 // One command's life, and the two ways of sending one
@@ -382,7 +376,7 @@ async function runCommands (commander: Commander, serials: readonly string[], co
     const tick = (): void => {
       const now = performance.now()
       for (; next < count && run.startedAt + next * intervalMs <= now; next++) fire(next, run.startedAt + next * intervalMs)
-      phase = `${what}: ${next} of ${count} commands issued, ${replies} replies`
+      guard.phase = `${what}: ${next} of ${count} commands issued, ${replies} replies`
       if (next >= count) { resolve(); return }
       setTimeout(tick, Math.max(0, run.startedAt + next * intervalMs - performance.now()))
     }
@@ -391,7 +385,7 @@ async function runCommands (commander: Commander, serials: readonly string[], co
   run.lastSentAt = records[count - 1]?.sentAt ?? run.startedAt
   const drainUntil = performance.now() + options.drainTimeoutSeconds * 1000
   for (;;) {
-    phase = `${what}: waiting for replies (${replies} of ${accepted} accepted, ${count - answered} requests unanswered)`
+    guard.phase = `${what}: waiting for replies (${replies} of ${accepted} accepted, ${count - answered} requests unanswered)`
     if ((answered === count && replies >= accepted) || performance.now() > drainUntil) break
     await sleep(DRAIN_POLL_MS)
   }
@@ -473,10 +467,10 @@ function figuresOf (kind: BrokerKind, run: Run): Omit<Figures, 'connected' | 're
 
 async function measure (kind: BrokerKind, identities: readonly DeviceIdentity[], caPath: string): Promise<Figures> {
   if (kind === 'shepherd' && options.database === 'postgres') {
-    phase = 'creating the PostgreSQL database'
+    guard.phase = 'creating the PostgreSQL database'
     database = await createThrowawayDatabase()
   }
-  phase = `starting the ${kind} broker (${options.transport})`
+  guard.phase = `starting the ${kind} broker (${options.transport})`
   const broker = await forkBroker({
     kind,
     transport: options.transport,
@@ -487,9 +481,9 @@ async function measure (kind: BrokerKind, identities: readonly DeviceIdentity[],
     apiToken: kind === 'shepherd'
   })
   live.add(broker)
-  phase = `connecting ${identities.length} devices to ${kind}`
+  guard.phase = `connecting ${identities.length} devices to ${kind}`
   const connected = await connectAll(identities, options.concurrency, kind === 'shepherd' ? shepherdDevice(broker.url) : baselineDevice(broker.url))
-  phase = `waiting for ${kind} to publish ${connected.sessions.length} retained statuses`
+  guard.phase = `waiting for ${kind} to publish ${connected.sessions.length} retained statuses`
   await broker.sessions(connected.sessions.length)
   if (connected.sessions.length === 0) throw new Error(`no device connected to ${kind}: ${connected.refusals[0]?.message ?? 'no refusal recorded'}`)
   if (kind === 'baseline') answerPings(connected.sessions)
@@ -504,7 +498,7 @@ async function measure (kind: BrokerKind, identities: readonly DeviceIdentity[],
   }
   const serials = connected.sessions.map(session => session.mqtt.options.clientId!)
 
-  phase = `opening the ${kind} command channel`
+  guard.phase = `opening the ${kind} command channel`
   let commander: Commander
   if (kind === 'shepherd') {
     if (broker.httpUrl === undefined || broker.apiToken === undefined) throw new Error('the Shepherd broker process handed over no REST API URL or token')
@@ -528,7 +522,7 @@ async function measure (kind: BrokerKind, identities: readonly DeviceIdentity[],
   const after = await broker.sample('after')
   const replyChannelFailure = commander.failure
 
-  phase = `closing ${kind}`
+  guard.phase = `closing ${kind}`
   commander.close()
   closers.delete(closeCommander)
   await disconnectAll(connected.sessions)
@@ -640,17 +634,17 @@ for (const warning of resourceWarnings(options.devices)) console.log(`WARNING: $
 
 try {
   workDir = await mkdtemp(path.join(os.tmpdir(), 'shepherd-bench-'))
-  phase = `making ${options.devices} device identities`
+  guard.phase = `making ${options.devices} device identities`
   const { caPath, groups: [devices], elapsedMs } = await makeBenchFleet(workDir, [{ prefix: 'bench', count: options.devices }])
   console.log(`(made ${options.devices} device identities in ${(elapsedMs / 1000).toFixed(1)} s, not timed)`)
   for (const kind of ['shepherd', 'baseline'] as const) results.push(await measure(kind, devices!, caPath))
   report(results)
   console.log(`load average at the end (1/5/15 min): ${loadAverage()}`)
-  phase = 'cleaning up'
+  guard.phase = 'cleaning up'
   await cleanUp()
-  clearTimeout(deadline)
+  guard.finish()
 } catch (error) {
-  console.error(`\nfailed while ${phase}: ${(error as Error).stack ?? String(error)}`)
+  console.error(`\nfailed while ${guard.phase}: ${(error as Error).stack ?? String(error)}`)
   await cleanUp()
   process.exit(1)
 }

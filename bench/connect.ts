@@ -19,6 +19,7 @@ import {
 } from './lib/environment.js'
 import { makeBenchFleet } from './lib/fleet.js'
 import { mib, percentile } from './lib/figures.js'
+import { guardRun } from './lib/run-guard.js'
 
 const MAX_DEVICES = 20_000
 
@@ -89,7 +90,6 @@ const options = parseOptions()
 const live = new Set<BrokerProcess>()
 let database: ThrowawayDatabase | undefined
 let workDir: string | undefined
-let phase = 'starting'
 /** Filled as each broker's run completes: an aborted run still reports those. */
 const results: Figures[] = []
 
@@ -99,22 +99,16 @@ async function cleanUp (): Promise<void> {
   if (workDir !== undefined) await rm(workDir, { recursive: true, force: true })
 }
 
-function abort (why: string): void {
-  console.error(`\naborted (${why}) while ${phase}`)
-  if (results.length > 0) report(results)
-  else console.error('no figures for this run')
-  const forced = setTimeout(() => process.exit(2), 15_000)
-  forced.unref()
-  void cleanUp().finally(() => process.exit(2))
-}
-const deadline = setTimeout(() => { abort(`the run exceeded --timeout ${options.timeoutSeconds} s`) }, options.timeoutSeconds * 1000)
-process.once('SIGINT', () => { abort('interrupted') })
-setInterval(() => { console.error(`... ${phase}`) }, 30_000).unref()
+const guard = guardRun({
+  timeoutSeconds: options.timeoutSeconds,
+  reportPartial: () => { if (results.length > 0) report(results); return results.length > 0 },
+  cleanUp
+})
 
 interface Fleet { caPath: string, devices: DeviceIdentity[], warmup: DeviceIdentity[] }
 
 async function makeFleet (dir: string): Promise<Fleet> {
-  phase = `making ${options.devices + options.warmup} device identities`
+  guard.phase = `making ${options.devices + options.warmup} device identities`
   const { caPath, groups: [devices, warmup], elapsedMs } = await makeBenchFleet(dir, [
     { prefix: 'bench', count: options.devices }, { prefix: 'warmup', count: options.warmup }
   ])
@@ -123,29 +117,29 @@ async function makeFleet (dir: string): Promise<Fleet> {
 }
 
 async function measure (kind: BrokerKind, fleet: Fleet): Promise<Figures> {
-  phase = `starting the ${kind} broker`
+  guard.phase = `starting the ${kind} broker`
   const broker = await forkBroker({
     kind, transport: options.transport, dataDir: path.join(workDir!, kind), fleetCaPath: fleet.caPath, databaseUrl: database?.url, profileDir: options.profileDir
   })
   live.add(broker)
   const connector = kind === 'shepherd' ? shepherdDevice(broker.url) : baselineDevice(broker.url)
   if (fleet.warmup.length > 0) {
-    phase = `warming up ${kind} with ${fleet.warmup.length} devices`
+    guard.phase = `warming up ${kind} with ${fleet.warmup.length} devices`
     await disconnectAll((await connectAll(fleet.warmup, options.concurrency, connector)).sessions)
   }
   const before = await broker.sample('before')
   const loadCpu = process.cpuUsage()
   const started = performance.now()
   const total = fleet.devices.length
-  const progress = (done: number): void => { phase = `connecting devices to ${kind} (${done} of ${total} CONNECTs answered)` }
+  const progress = (done: number): void => { guard.phase = `connecting devices to ${kind} (${done} of ${total} CONNECTs answered)` }
   progress(0)
   const load = await connectAll(fleet.devices, options.concurrency, connector, progress)
-  phase = `waiting for ${kind} to publish ${load.sessions.length} retained statuses`
+  guard.phase = `waiting for ${kind} to publish ${load.sessions.length} retained statuses`
   await broker.sessions(load.sessions.length)
   const elapsedMs = performance.now() - started
   const loadCpuUsed = process.cpuUsage(loadCpu)
   const after = await broker.sample('after')
-  phase = `closing ${kind}`
+  guard.phase = `closing ${kind}`
   const closing = performance.now()
   await disconnectAll(load.sessions)
   await broker.close()
@@ -217,17 +211,17 @@ try {
   workDir = await mkdtemp(path.join(os.tmpdir(), 'shepherd-bench-'))
   const fleet = await makeFleet(workDir)
   if (options.database === 'postgres') {
-    phase = 'creating the PostgreSQL database'
+    guard.phase = 'creating the PostgreSQL database'
     database = await createThrowawayDatabase()
   }
   for (const kind of ['shepherd', 'baseline'] as const) results.push(await measure(kind, fleet))
   report(results)
   console.log(`load average at the end (1/5/15 min): ${loadAverage()}`)
-  phase = 'cleaning up'
+  guard.phase = 'cleaning up'
   await cleanUp()
-  clearTimeout(deadline)
+  guard.finish()
 } catch (error) {
-  console.error(`\nfailed while ${phase}: ${(error as Error).stack ?? String(error)}`)
+  console.error(`\nfailed while ${guard.phase}: ${(error as Error).stack ?? String(error)}`)
   await cleanUp()
   process.exit(1)
 }

@@ -25,6 +25,7 @@ import {
 } from './lib/environment.js'
 import { makeBenchFleet } from './lib/fleet.js'
 import { mib, thousands, percentile } from './lib/figures.js'
+import { guardRun } from './lib/run-guard.js'
 
 const MAX_DEVICES = 20_000
 const POLL_MS = 100
@@ -117,7 +118,6 @@ const live = new Set<BrokerProcess>()
 let database: ThrowawayDatabase | undefined
 let databaseClient: pg.Client | undefined
 let workDir: string | undefined
-let phase = 'starting'
 /** Filled as each broker's run completes: an aborted run still reports those. */
 const results: Figures[] = []
 
@@ -135,17 +135,11 @@ async function cleanUp (): Promise<void> {
   if (workDir !== undefined) await rm(workDir, { recursive: true, force: true })
 }
 
-function abort (why: string): void {
-  console.error(`\naborted (${why}) while ${phase}`)
-  if (results.length > 0) report(results)
-  else console.error('no figures for this run')
-  const forced = setTimeout(() => process.exit(2), 15_000)
-  forced.unref()
-  void cleanUp().finally(() => process.exit(2))
-}
-const deadline = setTimeout(() => { abort(`the run exceeded --timeout ${options.timeoutSeconds} s`) }, options.timeoutSeconds * 1000)
-process.once('SIGINT', () => { abort('interrupted') })
-setInterval(() => { console.error(`... ${phase}`) }, 30_000).unref()
+const guard = guardRun({
+  timeoutSeconds: options.timeoutSeconds,
+  reportPartial: () => { if (results.length > 0) report(results); return results.length > 0 },
+  cleanUp
+})
 
 /** The payload of one message: contract §3, every point recorded at the publish time (ms). */
 function payload (sentAt: number): string {
@@ -211,10 +205,10 @@ function databaseWatcher (client: pg.Client): { poll (): Promise<Stored>, latenc
 
 async function measure (kind: BrokerKind, transport: Transport, identities: readonly DeviceIdentity[], caPath: string): Promise<Figures> {
   if (kind === 'shepherd') {
-    phase = 'creating the PostgreSQL database'
+    guard.phase = 'creating the PostgreSQL database'
     database = await createThrowawayDatabase()
   }
-  phase = `starting the ${kind} broker (${transport})`
+  guard.phase = `starting the ${kind} broker (${transport})`
   const broker = await forkBroker({
     kind,
     transport,
@@ -225,7 +219,7 @@ async function measure (kind: BrokerKind, transport: Transport, identities: read
     metricsSubscriber: kind === 'baseline'
   })
   live.add(broker)
-  phase = `connecting ${identities.length} devices to ${kind}`
+  guard.phase = `connecting ${identities.length} devices to ${kind}`
   const connected = await connectAll(identities, options.concurrency, kind === 'shepherd' ? shepherdDevice(broker.url) : baselineDevice(broker.url))
   await broker.sessions(connected.sessions.length)
   let errorReports = 0
@@ -248,7 +242,7 @@ async function measure (kind: BrokerKind, transport: Transport, identities: read
 
   const before = await broker.sample('before')
   const loadCpu = process.cpuUsage()
-  phase = `publishing to ${kind} over ${transport} for ${options.durationSeconds} s`
+  guard.phase = `publishing to ${kind} over ${transport} for ${options.durationSeconds} s`
   let publishing: Publishing | undefined
   const published = publishAll(connected.sessions).then(result => { publishing = result })
   const drainDeadline = (): number => publishing!.startedAtMs + publishing!.elapsedMs + options.drainTimeoutSeconds * 1000
@@ -257,7 +251,7 @@ async function measure (kind: BrokerKind, transport: Transport, identities: read
     stored = await watcher.poll()
     if (publishing !== undefined) {
       const expected = publishing.messages * options.points
-      phase = `waiting for ${kind} to store ${thousands(expected)} points (${thousands(stored.points)} so far)`
+      guard.phase = `waiting for ${kind} to store ${thousands(expected)} points (${thousands(stored.points)} so far)`
       if (stored.points >= expected || Date.now() > drainDeadline()) break
     }
     await sleep(POLL_MS)
@@ -266,7 +260,7 @@ async function measure (kind: BrokerKind, transport: Transport, identities: read
   const loadCpuUsed = process.cpuUsage(loadCpu)
   const after = await broker.sample('after')
 
-  phase = `closing ${kind}`
+  guard.phase = `closing ${kind}`
   await disconnectAll(connected.sessions)
   await broker.close()
   live.delete(broker)
@@ -368,7 +362,7 @@ for (const warning of resourceWarnings(options.devices)) console.log(`WARNING: $
 
 try {
   workDir = await mkdtemp(path.join(os.tmpdir(), 'shepherd-bench-'))
-  phase = `making ${options.devices} device identities`
+  guard.phase = `making ${options.devices} device identities`
   const { caPath, groups: [devices], elapsedMs } = await makeBenchFleet(workDir, [{ prefix: 'bench', count: options.devices }])
   console.log(`(made ${options.devices} device identities in ${(elapsedMs / 1000).toFixed(1)} s, not timed)`)
   for (const transport of options.transports) {
@@ -376,11 +370,11 @@ try {
   }
   report(results)
   console.log(`load average at the end (1/5/15 min): ${loadAverage()}`)
-  phase = 'cleaning up'
+  guard.phase = 'cleaning up'
   await cleanUp()
-  clearTimeout(deadline)
+  guard.finish()
 } catch (error) {
-  console.error(`\nfailed while ${phase}: ${(error as Error).stack ?? String(error)}`)
+  console.error(`\nfailed while ${guard.phase}: ${(error as Error).stack ?? String(error)}`)
   await cleanUp()
   process.exit(1)
 }

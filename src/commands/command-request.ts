@@ -1,5 +1,6 @@
 // The rules for a command request (contract §3/§4): a known command, its payload's shape, and a
 // time to live. Each refusal names the request field at fault.
+import { isObject, parseJsonObject } from '../json-payload.js'
 import { COMMAND_NAMES, type CommandName } from './types.js'
 
 export const DEFAULT_TTL_SECONDS = 86_400
@@ -14,8 +15,6 @@ export type CheckedRequest =
 
 type PayloadRule = (payload: Record<string, unknown>) => { field: string, message: string } | undefined
 
-const isObject = (value: unknown): value is Record<string, unknown> =>
-  typeof value === 'object' && value !== null && !Array.isArray(value)
 
 /** Allows only `keys`, each checked by its rule (a message when it is wrong). */
 function fields (rules: Record<string, { required?: boolean, check: (value: unknown) => string | undefined }>): PayloadRule {
@@ -97,14 +96,9 @@ function canonical (value: unknown): string {
 
 /** A device's reply (contract §3): `{id, status, result?, error?}`. */
 export function parseReply (payload: Buffer): { ok: true, id: string, state: 'ok' | 'error', result: unknown, error: string | null } | { ok: false, reason: string } {
-  let body: unknown
-  try {
-    body = JSON.parse(payload.toString('utf8'))
-  } catch {
-    return { ok: false, reason: 'a reply must be a JSON object' }
-  }
-  if (!isObject(body)) return { ok: false, reason: 'a reply must be a JSON object' }
-  const { id, status, result, error } = body
+  const parsed = parseJsonObject(payload, 'a reply')
+  if (!parsed.ok) return parsed
+  const { id, status, result, error } = parsed.body
   if (typeof id !== 'string' || !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(id)) return { ok: false, reason: 'id must be a command id (uuid)' }
   if (status !== 'ok' && status !== 'error') return { ok: false, reason: `status must be "ok" or "error" (command ${id})` }
   if (error !== undefined && error !== null && typeof error !== 'string') return { ok: false, reason: `error must be a string (command ${id})` }

@@ -5,6 +5,7 @@ import type { DeviceAdmission } from '../auth/device-authenticator.js'
 import type { Logger } from '../logger.js'
 import type { DeviceRepository, FirmwareInfo } from './types.js'
 import { createKeyedQueue } from '../keyed-queue.js'
+import { parseJsonObject } from '../json-payload.js'
 import { discardEvents, type EventSink } from '../events/events.js'
 
 /** Tells every Shepherd node (this one included) that a device was revoked. */
@@ -40,13 +41,9 @@ export function createDeviceRegistry (deps: { repo: DeviceRepository, announcer:
   }
 
   async function applyInfo (serial: string, payload: Buffer): Promise<InfoResult> {
-    let info: unknown
-    try {
-      info = JSON.parse(payload.toString('utf8'))
-    } catch {
-      return { ok: false, reason: 'payload is not valid JSON' }
-    }
-    if (typeof info !== 'object' || info === null || Array.isArray(info)) return { ok: false, reason: 'payload must be a JSON object' }
+    const parsed = parseJsonObject(payload, 'payload')
+    if (!parsed.ok) return parsed
+    const info = parsed.body
     const firmware: FirmwareInfo = {}
     const metadata: Record<string, unknown> = {}
     for (const [key, value] of Object.entries(info)) {

@@ -13,6 +13,7 @@ import { MAX_TTL_SECONDS } from '../commands/command-request.js'
 import type { Command } from '../commands/types.js'
 import type { EventSink } from '../events/events.js'
 import { createKeyedQueue } from '../keyed-queue.js'
+import { parseJsonObject } from '../json-payload.js'
 import type { Logger } from '../logger.js'
 import { beforeTimeKey, pageOf, timeKeyOf, type Page } from '../paging.js'
 import type { Publish } from '../ports.js'
@@ -60,14 +61,9 @@ export interface UpdatesDeps {
 }
 
 function parseStatus (payload: Buffer): { ok: true, report: StatusReport } | { ok: false, reason: string } {
-  let body: unknown
-  try {
-    body = JSON.parse(payload.toString('utf8'))
-  } catch {
-    return { ok: false, reason: 'an update status must be a JSON object' }
-  }
-  if (typeof body !== 'object' || body === null || Array.isArray(body)) return { ok: false, reason: 'an update status must be a JSON object' }
-  const { update_id: id, status, progress, error } = body as Record<string, unknown>
+  const parsed = parseJsonObject(payload, 'an update status')
+  if (!parsed.ok) return parsed
+  const { update_id: id, status, progress, error } = parsed.body
   if (typeof id !== 'string' || !/^[0-9a-f-]{36}$/i.test(id)) return { ok: false, reason: 'update_id must be an update id (uuid)' }
   if (!(UPDATE_STATES as readonly unknown[]).includes(status)) return { ok: false, reason: `status must be one of ${UPDATE_STATES.join(', ')} (update ${id})` }
   if (progress !== undefined && progress !== null && !(Number.isInteger(progress) && (progress as number) >= 0 && (progress as number) <= 100)) {

@@ -213,7 +213,7 @@ for (const database of DATABASES) {
       for (const expected of [
         `replies: no command ${issued.body.id} for this device`, // another device's id looks unknown
         'replies: no command 00000000-0000-4000-8000-000000000000 for this device',
-        'replies: a reply must be a JSON object',
+        'replies: a reply is not valid JSON',
         `replies: status must be "ok" or "error" (command ${issued.body.id})`
       ]) t.ok(reasons.includes(expected), expected)
       t.same(reports.map(r => r.topic).filter(topic => topic !== 'replies').sort(), [deviceTopic(a, 'commands'), deviceTopic(a, 'replies')], 'ACL refusals for the victim\'s topics')

@@ -45,6 +45,10 @@ export function createFirmwareStore (deps: { repo: FirmwareRepository, storage: 
       await storage.discard(staged)
       return { ok: false, reason: 'invalid', field: checked.field, message: checked.message }
     }
+    if (staged.size === 0) {
+      await storage.discard(staged)
+      return { ok: false, reason: 'invalid', field: 'body', message: 'the firmware file is empty: send its bytes as the request body' }
+    }
     const { meta } = checked
     const duplicate = await repo.findDuplicate(meta, staged.sha256)
     if (duplicate !== undefined) {

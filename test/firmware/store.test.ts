@@ -54,6 +54,9 @@ t.test('firmware store', async (t) => {
       t.equal(refused.status, 400, query!)
       t.equal(refused.body.field, field, `${query} names ${field}`)
     }
+    const empty = await upload(ts, 'version=9.0.0&target=rpi4', Buffer.alloc(0))
+    t.equal(empty.status, 400)
+    t.match(empty.body, { field: 'body', message: /empty/ })
     const tooBig = await upload(ts, 'version=9.0.0&target=rpi4', randomBytes(2 * 1024 * 1024 + 1))
     t.equal(tooBig.status, 413)
     t.match(tooBig.body, { error: 'payload_too_large', message: /FIRMWARE_MAX_SIZE/ })

@@ -8,6 +8,15 @@ import type { MetricBatch, MetricsHandler } from '../../src/metrics/types.js'
 
 const sleep = (ms: number): Promise<void> => new Promise(resolve => setTimeout(resolve, ms))
 
+/** Waits for `check` to hold (a loaded machine delays the handlers' turns), failing after 5 s. */
+async function until (check: () => boolean, what: string): Promise<void> {
+  const deadline = Date.now() + 5000
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await sleep(5)
+  }
+}
+
 function handler (name: string, options: { lossy?: boolean, gate?: Promise<void>, delayMs?: number } = {}): MetricsHandler & { batches: MetricBatch[], closed: boolean } {
   const self = {
     name,
@@ -62,10 +71,10 @@ t.test('batches by size at once, and by time after the window', async (t) => {
   let acked = 0
   pipeline.ingest(publish(250), () => { acked++ })
   t.equal(acked, 1, 'acknowledged at once (not saturated)')
-  await sleep(20)
+  await until(() => h.batches.length === 2, 'two full batches')
   t.same(h.batches.map(b => b.points.length), [100, 100], 'full batches leave at once')
   t.equal(pipeline.state().queuedPoints, 50)
-  await sleep(250)
+  await until(() => h.batches.length === 3, 'the rest after the window')
   t.same(h.batches.map(b => b.points.length), [100, 100, 50], 'the rest after the window')
   t.ok(Object.isFrozen(h.batches[0]!.points), 'batches are frozen: handlers share them')
   await pipeline.close()
@@ -80,9 +89,10 @@ t.test('a full lossy backlog drops its oldest batch; the other handlers get ever
   const { counts, stats: s } = stats()
   const pipeline = createMetricsPipeline(base([lossy, steady], { maxBatchPoints: 10, backlogBatches: 2, stats: s }))
   for (let i = 0; i < 6; i++) pipeline.ingest(publish(10), () => {})
-  await sleep(20)
+  await until(() => steady.batches.length === 6, 'the steady handler to get all six batches')
   t.equal(steady.batches.length, 6, 'the steady handler got all six batches')
   open()
+  await until(() => lossy.batches.length >= 3, 'the lossy handler to run its backlog')
   await sleep(20)
   // one batch was running when the backlog filled; of the five after it, the last two were kept
   t.equal(lossy.batches.length, 3, 'the lossy handler got the running batch and the two newest')
@@ -121,7 +131,7 @@ t.test('while saturated, QoS 1 publishes are held in order; QoS 0 points are dro
   t.match(huge.reports, [/^payload_too_large/], '… and its points dropped (this one was also too large)')
 
   open()
-  await sleep(100)
+  await until(() => acks.length === 7, 'the held publishes released')
   t.same(acks, ['a', 'b', 'c', 'd', 'huge', 'held', 'qos0'], 'released in order once drained; the closed connection\'s publish is forgotten')
   t.equal(counts.accepted, 2500, 'a, b, c, d and the held publish')
   await pipeline.close()

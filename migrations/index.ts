@@ -7,6 +7,7 @@ import * as apiTokens from './20261203000003_api_tokens.js'
 import * as metricPoints from './20261203000004_metric_points.js'
 import * as commands from './20261204000005_commands.js'
 import * as firmware from './20261204000006_firmware.js'
+import * as observers from './20261204000007_observers.js'
 
 export const migrations: ReadonlyArray<readonly [string, Knex.Migration]> = [
   ['20261203000001_groups', groups],
@@ -14,5 +15,6 @@ export const migrations: ReadonlyArray<readonly [string, Knex.Migration]> = [
   ['20261203000003_api_tokens', apiTokens],
   ['20261203000004_metric_points', metricPoints],
   ['20261204000005_commands', commands],
-  ['20261204000006_firmware', firmware]
+  ['20261204000006_firmware', firmware],
+  ['20261204000007_observers', observers]
 ]

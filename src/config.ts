@@ -51,6 +51,8 @@ export interface Config {
   readonly firmwareUrlTtlSeconds: number
   /** An update that reports nothing for this long while downloading or applying fails with reason timeout (seconds). */
   readonly updateStageTimeoutSeconds: number
+  /** A mosquitto_passwd file whose users log in as observers. */
+  readonly mqttPasswordFile: string | undefined
 }
 
 export const BUILT_IN_METRICS_HANDLERS = ['logger', 'postgres', 'prometheus'] as const
@@ -157,6 +159,7 @@ export function loadConfig (env: Env = process.env, overrides: Partial<Config> =
     firmwareMaxBytes: integer('FIRMWARE_MAX_SIZE', 1024 ** 3, 1, 64 * 1024 ** 3),
     firmwareUrlTtlSeconds: integer('FIRMWARE_URL_TTL', 3600, 60, 7 * 86_400),
     updateStageTimeoutSeconds: integer('UPDATE_STAGE_TIMEOUT', 3600, 10, 7 * 86_400),
+    mqttPasswordFile: read('MQTT_PASSWORD_FILE') === undefined ? undefined : path.resolve(read('MQTT_PASSWORD_FILE')!),
     ...overrides
   }
   if (problems.length > 0) throw new ConfigError(problems)

@@ -55,6 +55,11 @@ import { loadSecretKeyBase } from './storage/secret-key.js'
 import { firmwareRoutes } from './http/routes/firmware.js'
 import { updateRoutes } from './http/routes/updates.js'
 import type { StagedFile } from './firmware/types.js'
+import { createObservers, type Observers } from './observers/observers.js'
+import { createObserverRepository } from './storage/repos/observers-repo.js'
+import { openPasswordFile } from './storage/password-file.js'
+import { startSysTopics } from './mqtt/sys-topics.js'
+import { VERSION } from './version.js'
 
 export interface ServerOptions {
   logger?: Logger
@@ -65,6 +70,8 @@ export interface ServerOptions {
   sseHeartbeatMs?: number
   /** How often commands past their expiry, and updates past their timeouts, are swept (default 1 s). */
   expiryIntervalMs?: number
+  /** How often the $SYS topics are refreshed (default 10 s). */
+  sysIntervalMs?: number
 }
 
 export interface ShepherdServer {
@@ -79,6 +86,7 @@ export interface ShepherdServer {
   readonly events: EventBus
   readonly commands: Commands
   readonly updates: Updates
+  readonly observers: Observers
   /**
    * Opens the HTTP and MQTT ports (from config, or `ports` — 0 there means an ephemeral port, as
    * tests use; MQTT_PORT=0 in config turns MQTT/TCP off). Answers the ports actually bound.
@@ -88,6 +96,8 @@ export interface ShepherdServer {
   /** Resolves when pending presence updates are written (tests). */
   settled (): Promise<void>
   revokeDevice (serial: string): Promise<{ found: boolean }>
+  /** Reads MQTT_PASSWORD_FILE again (SIGHUP); nothing without one. */
+  reloadPasswordFile (): Promise<void>
   /** The server's figures in Prometheus text format (served on /metrics by the REST API). */
   metrics (): Promise<string>
 }
@@ -147,7 +157,7 @@ export async function createServer (config: Config, options: ServerOptions = {})
       await broker.publish(...args)
     }
     let metricsPipeline: MetricsPipeline | undefined
-    const telemetry = createTelemetry({ connectedDevices: () => broker?.aedes.connectedClients ?? 0, metricsPipeline: () => metricsPipeline?.state() })
+    const telemetry = createTelemetry({ connectedDevices: () => gateway.connectedDevices(), metricsPipeline: () => metricsPipeline?.state() })
     const metricsHandlers = await createMetricsHandlers(config, {
       logger: logger.child({ component: 'metrics' }), registry: telemetry.registry, knex: db.knex, dataDir: config.dataDir
     })
@@ -178,7 +188,13 @@ export async function createServer (config: Config, options: ServerOptions = {})
       commands, publish, downloadUrl: id => publicUrl() + downloadUrls.path(id), events, logger, stageTimeoutSeconds: config.updateStageTimeoutSeconds
     })
     updatesForCommands = updates
-    const gateway = createDeviceGateway({ authenticator, registry, presence, publish, logger, stats: telemetry.stats, metrics: pipeline, commands, updates })
+    const passwordFile = config.mqttPasswordFile === undefined ? undefined : await openPasswordFile(config.mqttPasswordFile, logger)
+    if (passwordFile !== undefined) cleanups.push(async () => { passwordFile.close() })
+    const observers = createObservers({ repo: createObserverRepository(db.knex), passwordFile: () => passwordFile?.current() })
+    const gateway = createDeviceGateway({
+      authenticator, registry, presence, publish, logger, stats: telemetry.stats, metrics: pipeline, commands, updates,
+      observers: { verify: observers.verify, isDevice: async clientId => await repo.find(clientId) !== undefined }
+    })
     disconnectDevice = (serial) => { gateway.disconnectDevice(serial, 'revoked') }
     // a command queued by the CLI (PostgreSQL NOTIFY): the node holding the device delivers it
     deliverQueuedCommands = (serial) => { if (gateway.isConnectedHere(serial)) void commands.deliverPending(serial) }
@@ -193,6 +209,13 @@ export async function createServer (config: Config, options: ServerOptions = {})
     cleanups.push(() => startedBroker.close())
     gateway.attach(startedBroker.aedes)
     const startedEventBus = eventBus = createEventBus((startedBroker.aedes as unknown as { mq: MessageEmitter }).mq, logger)
+    const stopSysTopics = startSysTopics(publish, {
+      version: `shepherd version ${VERSION}`,
+      startedAt: Date.now(),
+      connectedClients: () => startedBroker.aedes.connectedClients,
+      connectedDevices: gateway.connectedDevices,
+      messages: telemetry.messageCounts
+    }, logger, options.sysIntervalMs)
     startedBroker.aedes.on('clientError', (client, error) => { logger.debug({ clientId: client.id, err: error }, 'mqtt client error') })
     startedBroker.aedes.on('connectionError', (_client, error) => { logger.debug({ err: error }, 'mqtt connection error before CONNECT') })
 
@@ -240,6 +263,9 @@ export async function createServer (config: Config, options: ServerOptions = {})
       'token.revoke': async ({ name }) => await tokens.revoke(String(name)),
       'command.issue': async ({ serial, request }) => await commands.issue(String(serial), request as CommandRequest),
       'command.get': async ({ id }) => await commands.get(String(id)) ?? null,
+      'observer.add': async ({ name }) => await observers.add(String(name)),
+      'observer.list': async () => await observers.list(),
+      'observer.remove': async ({ name }) => await observers.remove(String(name)),
       'firmware.register': async ({ meta, staged }) => await firmwareStore.register(meta as MetaInput, staged as StagedFile)
     })
 
@@ -249,6 +275,7 @@ export async function createServer (config: Config, options: ServerOptions = {})
     async function shutdown (): Promise<void> {
       clearInterval(sweeper)
       clearInterval(expiry)
+      stopSysTopics()
       const httpClosed = http.server.listening ? http.close() : Promise.resolve()
       const tcpClosed = tcp?.close()
       const count = await presence.shutdown()
@@ -270,6 +297,7 @@ export async function createServer (config: Config, options: ServerOptions = {})
       events: startedEventBus,
       commands,
       updates,
+      observers,
       async listen (ports) {
         await http.ready()
         const httpPort = boundHttpPort = await listenOn(http.server, ports?.http ?? config.port, config.host, 'PORT')
@@ -286,6 +314,7 @@ export async function createServer (config: Config, options: ServerOptions = {})
       },
       settled: () => presence.settled(),
       revokeDevice: (serial) => registry.setRevoked(serial, true),
+      reloadPasswordFile: async () => { await passwordFile?.reload() },
       metrics: () => telemetry.registry.metrics()
     }
   } catch (error) {

@@ -1,6 +1,7 @@
 // The server's own figures, in one prom-client registry (exposed on /metrics by the REST API).
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import { REFUSAL_REASONS } from './auth/device-authenticator.js'
+import { OBSERVER_REFUSAL_CODES } from './observers/acl.js'
 import type { GatewayStats } from './mqtt/device-gateway.js'
 import { DROP_REASONS, type PipelineState, type PipelineStats } from './metrics/pipeline.js'
 import { PAYLOAD_REJECTIONS, POINT_REJECTIONS } from './metrics/points.js'
@@ -9,8 +10,8 @@ export function createTelemetry (options: { connectedDevices: () => number, metr
   const registry = new Registry()
   collectDefaultMetrics({ register: registry, prefix: 'shepherd_' })
   const connects = new Counter({ name: 'shepherd_device_connects_total', help: 'Device connections accepted', registers: [registry] })
-  const refusals = new Counter({ name: 'shepherd_device_connect_refusals_total', help: 'Device connections refused, by reason', labelNames: ['reason'], registers: [registry] })
-  for (const reason of REFUSAL_REASONS) refusals.inc({ reason }, 0)
+  const refusals = new Counter({ name: 'shepherd_device_connect_refusals_total', help: 'Connections refused (devices and observers), by reason', labelNames: ['reason'], registers: [registry] })
+  for (const reason of [...REFUSAL_REASONS, ...Object.keys(OBSERVER_REFUSAL_CODES)]) refusals.inc({ reason }, 0)
   new Gauge({ // eslint-disable-line no-new
     name: 'shepherd_connected_devices', help: 'Devices connected to this node', registers: [registry],
     collect () { this.set(options.connectedDevices()) }
@@ -65,15 +66,17 @@ export function createTelemetry (options: { connectedDevices: () => number, metr
   }
   // --- end of metrics ingestion ---
 
+  // plain numbers too, for the $SYS topics
+  const messages = { received: 0, sent: 0 }
   const stats: GatewayStats = {
     connectAccepted: () => { connects.inc() },
     connectRefused: (reason) => { refusals.inc({ reason }) },
-    messageReceived: () => { received.inc() },
-    messageDelivered: () => { delivered.inc() }
+    messageReceived: () => { received.inc(); messages.received++ },
+    messageDelivered: () => { delivered.inc(); messages.sent++ }
   }
   /** Fits buildHttpApp's `onResponse`. */
   const observeHttpRequest = (route: string, method: string, statusCode: number, seconds: number): void => {
     httpDuration.observe({ method, route, status_code: statusCode }, seconds)
   }
-  return { registry, stats, metricsStats, observeHttpRequest }
+  return { registry, stats, metricsStats, observeHttpRequest, messageCounts: (): Readonly<typeof messages> => messages }
 }

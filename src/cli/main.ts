@@ -16,6 +16,9 @@ Commands:
                                           send a command to a device; --wait prints its answer
   firmware upload FILE --version V --target T [--application A]
                                           add a firmware file to the store (FIRMWARE_DIR), with a progress bar
+  observer add NAME                       create a read-only MQTT account and print its password once (alone on the last line)
+  observer list                           list observer accounts
+  observer remove NAME                    delete an observer account
   token create --name N                   create a REST API token and print it once (alone on the last line)
   token list                              list REST API tokens: name, created, last used
   token revoke NAME                       revoke a REST API token
@@ -57,6 +60,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   token: async () => (await import('./tokens.js')).token,
   command: async () => (await import('./command.js')).command,
   firmware: async () => (await import('./firmware.js')).firmware,
+  observer: async () => (await import('./observers.js')).observer,
   simulate: async () => (await import('./simulate.js')).simulate
 }
 

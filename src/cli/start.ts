@@ -14,6 +14,8 @@ export async function start (args: string[], _output: Output): Promise<void> {
     await server.close()
     throw error
   }
+  // like Mosquitto: SIGHUP reads the observers' password file again
+  process.on('SIGHUP', () => { void server.reloadPasswordFile() })
   await new Promise<void>((resolve) => {
     closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
       if (err !== undefined) server.logger.error({ err }, 'shutting down after an error')

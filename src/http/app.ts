@@ -1,6 +1,5 @@
 // The Fastify application: the MQTT-over-WebSocket endpoint, the OpenAPI document and docs, and
 // the REST routes behind bearer-token authentication, on one port.
-import { readFileSync } from 'node:fs'
 import fastify, { type FastifyInstance, type FastifyPluginAsync } from 'fastify'
 import type { Logger } from '../logger.js'
 import type { Broker } from '../mqtt/broker.js'
@@ -9,8 +8,8 @@ import { registerErrorHandling } from './api-errors.js'
 import { registerValidation } from './validation.js'
 import { registerBearerAuth, type TokenVerifier } from './plugins/auth.js'
 import { registerOpenApi } from './plugins/openapi.js'
+import { VERSION } from '../version.js'
 
-const { version } = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
 
 export interface HttpAppDeps {
   logger: Logger
@@ -38,7 +37,7 @@ export async function buildHttpApp (deps: HttpAppDeps): Promise<FastifyInstance>
     })
   }
   await registerMqttOverWebSocket(app, deps.broker, deps.maxWebSocketPayloadBytes)
-  await registerOpenApi(app, version)
+  await registerOpenApi(app, VERSION)
   await app.register(async (api) => {
     registerBearerAuth(api, deps.tokens)
     for (const routes of deps.routes) await api.register(routes)

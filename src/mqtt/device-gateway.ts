@@ -3,7 +3,8 @@
 // broker events feed presence and the info topic. No business rule lives here.
 import type { Aedes, AuthenticateError, AuthErrorCode, Client } from 'aedes'
 import type { BrokerHooks, MessageBus } from './broker.js'
-import { REFUSAL_RETURN_CODES, type DeviceAuthenticator, type Verdict } from '../auth/device-authenticator.js'
+import { REFUSAL_RETURN_CODES, parseDeviceCredential, type DeviceAuthenticator } from '../auth/device-authenticator.js'
+import { OBSERVER_REFUSAL_CODES, authorizeObserverSubscribe, isBridgeNotification, observerMayReceive } from '../observers/acl.js'
 import { authorizeDevicePublish, authorizeDeviceSubscribe, isDeviceWillTopic } from '../devices/acl.js'
 import type { DeviceRegistry } from '../devices/device-registry.js'
 import type { DisconnectReason } from '../devices/types.js'
@@ -13,7 +14,7 @@ import type { Publish } from '../ports.js'
 import type { MetricsPipeline } from '../metrics/pipeline.js'
 import type { Commands } from '../commands/commands.js'
 import type { Updates } from '../firmware/updates.js'
-import { deviceTopic, parseDeviceTopic } from '../topics.js'
+import { deviceTopic, isValidSerial, parseDeviceTopic } from '../topics.js'
 
 /** What we know about an accepted device connection. */
 interface DeviceSession {
@@ -59,6 +60,12 @@ export interface DeviceGatewayDeps {
   commands?: Pick<Commands, 'deliverPending' | 'recordReply'>
   /** Follows OTA updates: `update_status` reports, firmware versions in `info`, devices listening for offers. */
   updates?: Pick<Updates, 'recordStatus' | 'infoReported' | 'deviceListening'>
+  /** Read-only logins for third-party tools; without it, a password that is no device credential is refused. */
+  observers?: {
+    verify (name: string, password: Buffer): Promise<boolean>
+    /** Whether `clientId` is a registered device's serial (an observer may not take its session). */
+    isDevice (clientId: string): Promise<boolean>
+  }
 }
 
 function remoteAddress (client: Client): string | undefined {
@@ -67,20 +74,49 @@ function remoteAddress (client: Client): string | undefined {
   return request?.socket?.remoteAddress ?? conn.remoteAddress
 }
 
-function authError (verdict: Extract<Verdict, { ok: false }>): AuthenticateError {
-  const error = new Error(`${verdict.reason}: ${verdict.detail}`) as AuthenticateError
-  error.returnCode = REFUSAL_RETURN_CODES[verdict.reason] as AuthErrorCode
+function authError (reason: string, detail: string, returnCode: number): AuthenticateError {
+  const error = new Error(`${reason}: ${detail}`) as AuthenticateError
+  error.returnCode = returnCode as AuthErrorCode
   return error
 }
 
 export function createDeviceGateway (deps: DeviceGatewayDeps) {
-  const { authenticator, registry, presence, publish, logger, stats, metrics, commands, updates } = deps
+  const { authenticator, registry, presence, publish, logger, stats, metrics, commands, updates, observers } = deps
   const sessions = new WeakMap<Client, DeviceSession>()
+  /** Observer logins, by client: the account name. */
+  const observerSessions = new WeakMap<Client, string>()
+  /** Device connections that are ready (counted for telemetry and $SYS). */
+  const readyDevices = new Set<Client>()
   /** CONNECT packets between preConnect and authenticate, to drop the credential once checked. */
   const connects = new WeakMap<Client, { password?: Buffer }>()
   /** The latest accepted connection per serial, until it is ready (a takeover in progress). */
   const takers = new Map<string, Client>()
   let aedes: Aedes | undefined
+
+  function forgetCredential (client: Client): void {
+    // The parser keeps the CONNECT packet for the connection's life: do not keep the credential in it.
+    const connect = connects.get(client)
+    if (connect !== undefined) connect.password = undefined
+    connects.delete(client)
+  }
+
+  /** A login with a password that is no device credential: an observer's, or refused. */
+  async function authenticateObserver (client: Client, username: string | undefined, password: Buffer | undefined): Promise<AuthenticateError | undefined> {
+    const refuse = (reason: keyof typeof OBSERVER_REFUSAL_CODES, detail: string): AuthenticateError => {
+      stats.connectRefused(reason)
+      logger.warn({ observer: username, clientId: client.id, reason, detail, remote: remoteAddress(client) }, 'observer connection refused')
+      return authError(reason, detail, OBSERVER_REFUSAL_CODES[reason])
+    }
+    if (username === undefined || username === '' || password === undefined || !await observers!.verify(username, password)) {
+      return refuse('observer_bad_credentials', 'unknown observer or wrong password')
+    }
+    if (isValidSerial(client.id) && await observers!.isDevice(client.id)) {
+      return refuse('observer_client_id_is_a_device', 'the client id is a device\'s serial; an observer may not take over a device\'s session')
+    }
+    observerSessions.set(client, username)
+    logger.info({ observer: username, clientId: client.id, remote: remoteAddress(client) }, 'observer connected')
+    return undefined
+  }
 
   function reportRejection (serial: string, topic: string, reason: string): void {
     const leaf = parseDeviceTopic(topic)
@@ -104,21 +140,31 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
           (client as { shepherdRejectedWill?: string }).shepherdRejectedWill = willTopic
         }
       }
+      // Observers get clean sessions: nothing is queued for a tool that went away (MQTT lets the
+      // server answer sessionPresent 0; a client, or a bridge, subscribes again on every connect).
+      if (observers !== undefined && parseDeviceCredential(packet.password) === undefined) packet.clean = true
       connects.set(client, packet)
       callback(null, true)
     },
 
     authenticate (client, username, password, done) {
+      const failed = (error: unknown): void => {
+        logger.error({ err: error, remote: remoteAddress(client) }, 'authentication failed unexpectedly')
+        done(authError('server_unavailable', 'server unavailable', 3), false)
+      }
+      if (observers !== undefined && parseDeviceCredential(password) === undefined) {
+        authenticateObserver(client, username, password).then((refusal) => {
+          forgetCredential(client)
+          done(refusal ?? null, refusal === undefined)
+        }, failed)
+        return
+      }
       authenticator.authenticate({ clientId: client.id, username, password }).then((verdict) => {
-        // The parser keeps the CONNECT packet for the connection's life: do not keep the
-        // credential (certificate and signature, ~1.3 KB per device) in it.
-        const connect = connects.get(client)
-        if (connect !== undefined) connect.password = undefined
-        connects.delete(client)
+        forgetCredential(client)
         if (!verdict.ok) {
           stats.connectRefused(verdict.reason)
           logger.warn({ serial: verdict.serial, reason: verdict.reason, detail: verdict.detail, remote: remoteAddress(client) }, 'device connection refused')
-          done(authError(verdict), false)
+          done(authError(verdict.reason, verdict.detail, REFUSAL_RETURN_CODES[verdict.reason]), false)
           return
         }
         // Not yet a takeover: this client may still go away before Aedes registers it (and only
@@ -129,18 +175,23 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
         sessions.set(client, { serial: verdict.serial, connectionId: crypto.randomUUID(), connectedAt: new Date(), rejectedWillTopic })
         stats.connectAccepted()
         done(null, true)
-      }, (error: unknown) => {
-        logger.error({ err: error, remote: remoteAddress(client) }, 'device authentication failed unexpectedly')
-        const refusal = new Error('server unavailable') as AuthenticateError
-        refusal.returnCode = 3 as AuthErrorCode
-        done(refusal, false)
-      })
+      }, failed)
     },
 
     authorizePublish (client, packet, callback) {
       stats.messageReceived()
       const session = client === null ? undefined : sessions.get(client)
-      if (session === undefined) return callback(new Error('not authorized to publish'))
+      if (session === undefined) {
+        const observer = client === null ? undefined : observerSessions.get(client)
+        if (observer !== undefined && client !== null && isBridgeNotification(client.id, packet.topic)) {
+          packet.topic = DROPPED_TOPIC
+          packet.retain = false
+          return callback(null)
+        }
+        // MQTT 3.1.1 closes the connection on an unauthorized publish (Aedes does so on the error)
+        logger.warn({ observer, clientId: client?.id, topic: packet.topic, reason: 'observers publish nothing' }, 'observer publish refused; connection closed')
+        return callback(new Error('not authorized to publish'))
+      }
       const decision = authorizeDevicePublish(session.serial, packet.topic)
       if (!decision.ok) {
         // MQTT-3.3.5-2 lets the server acknowledge and drop an unauthorized publish; the device
@@ -173,11 +224,12 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
 
     authorizeSubscribe (client, subscription, callback) {
       const session = sessions.get(client)
-      const decision = session === undefined
-        ? { ok: false as const, reason: 'not authorized to subscribe' }
-        : authorizeDeviceSubscribe(session.serial, subscription.topic)
+      const observer = observerSessions.get(client)
+      const decision = session !== undefined
+        ? authorizeDeviceSubscribe(session.serial, subscription.topic)
+        : observer !== undefined ? authorizeObserverSubscribe(subscription.topic) : { ok: false as const, reason: 'not authorized to subscribe' }
       if (!decision.ok) {
-        logger.warn({ serial: session?.serial, topic: subscription.topic, reason: decision.reason }, 'subscription refused')
+        logger.warn({ serial: session?.serial, observer, topic: subscription.topic, reason: decision.reason }, 'subscription refused')
         return callback(null, null) // SUBACK 0x80 for this filter
       }
       callback(null, subscription)
@@ -186,8 +238,8 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
     authorizeForward (client, packet) {
       // Backstop: whatever a device's subscriptions match, it only ever receives its own topics.
       const session = sessions.get(client)
-      if (session === undefined) return null
-      if (!authorizeDeviceSubscribe(session.serial, packet.topic).ok) return null
+      const allowed = session !== undefined ? authorizeDeviceSubscribe(session.serial, packet.topic).ok : observerSessions.has(client) && observerMayReceive(packet.topic)
+      if (!allowed) return null
       stats.messageDelivered()
       return packet
     }
@@ -238,6 +290,7 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
       const session = sessions.get(client)
       if (session === undefined) return
       if (takers.get(session.serial) === client) takers.delete(session.serial)
+      readyDevices.add(client)
       void presence.deviceConnected(session.serial, session.connectionId)
       // The report goes out (QoS 0, not retained) once the device listens on its errors topic: a
       // clean session cannot have subscribed before its CONNACK, a restored one already has.
@@ -256,8 +309,11 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
       if (granted('firmware')) offerAgain(session.serial)
     })
     broker.on('clientDisconnect', (client) => {
+      const observer = observerSessions.get(client)
+      if (observer !== undefined) logger.info({ observer, clientId: client.id }, 'observer disconnected')
       const session = sessions.get(client)
       if (session === undefined) return
+      readyDevices.delete(client)
       const reason = closeReasonOf(client, session)
       logger.info({ serial: session.serial, reason }, 'device disconnected')
       void presence.deviceDisconnected(session.serial, session.connectionId, reason)
@@ -296,7 +352,9 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
     disconnectDevice,
     /** Whether the device's connection is on this node. */
     isConnectedHere: (serial: string) => { const client = clientsOf(aedes)[serial]; return client !== undefined && sessions.has(client) },
-    isAuthenticated: (client: Client) => sessions.has(client)
+    isAuthenticated: (client: Client) => sessions.has(client) || observerSessions.has(client),
+    /** Device connections ready on this node. */
+    connectedDevices: () => readyDevices.size
   }
 }
 

@@ -2,7 +2,7 @@
 // raw bytes (what mqtt.js refuses to send), answer the CONNACK return code, and check the
 // refusal's log line.
 import net from 'node:net'
-import mqtt from 'mqtt'
+import mqtt, { type MqttClient } from 'mqtt'
 import WebSocket from 'ws'
 import type { Test } from 'tap'
 import { devicePassword, type DeviceIdentity } from '../../src/device-client/device-client.js'
@@ -130,3 +130,14 @@ export async function expectRefusal (t: Test, ts: TestServer, url: string, conne
   await assertRefusalLogged(t, ts, mark, reason, loggedSerial)
 }
 
+
+/** The SUBACK's per-filter answers (128 for a refused filter: mqtt.js rejects then, with the packet). */
+export async function subackOf (client: MqttClient, filters: Record<string, { qos: 0 | 1 }>): Promise<number[]> {
+  try {
+    return (await client.subscribeAsync(filters)).map(grant => grant.qos)
+  } catch (error) {
+    const packet = (error as { packet?: { granted?: number[] } }).packet
+    if (packet?.granted === undefined) throw error
+    return packet.granted
+  }
+}

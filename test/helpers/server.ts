@@ -48,6 +48,7 @@ export interface TestServerOptions {
   env?: Record<string, string>
   heartbeatIntervalMs?: number
   sseHeartbeatMs?: number
+  sysIntervalMs?: number
   /** Keep the database after close (to restart on it). */
   keepDatabase?: boolean
 }
@@ -102,7 +103,8 @@ export async function startTestServer (t: Test, options: TestServerOptions = {})
     logger: createLogger('debug', sink),
     inMemoryDatabase: databaseUrl === undefined,
     heartbeatIntervalMs: options.heartbeatIntervalMs,
-    sseHeartbeatMs: options.sseHeartbeatMs
+    sseHeartbeatMs: options.sseHeartbeatMs,
+    sysIntervalMs: options.sysIntervalMs
   })
   const { httpPort, mqttPort } = await server.listen({ http: 0, mqtt: 0 })
   let closed = false

@@ -11,6 +11,7 @@ import { connectDevice, type DeviceClient } from '../../src/device-client/device
 import { deviceTopic } from '../../src/topics.js'
 import { eventually, startTestServer, type TestServer } from '../helpers/server.js'
 import { uniqueSerial } from '../helpers/pki.js'
+import { subackOf } from '../helpers/connect.js'
 
 interface Received { topic: string, payload: string, retain: boolean }
 interface ErrorReport { topic: string, reason: string, at: string }
@@ -27,16 +28,8 @@ async function device (t: Test, ts: TestServer, serial = uniqueSerial('acl'), ex
 }
 
 /** One SUBSCRIBE; answers the SUBACK's return codes in filter order (mqtt.js rejects when any is 0x80). */
-async function suback (client: DeviceClient, filters: Array<[string, 0 | 1]>): Promise<number[]> {
-  try {
-    const granted = await client.mqtt.subscribeAsync(Object.fromEntries(filters.map(([topic, qos]) => [topic, { qos }])))
-    return granted.map(g => g.qos)
-  } catch (error) {
-    const packet = (error as { packet?: { granted?: number[] } }).packet
-    if (packet?.granted === undefined) throw error
-    return packet.granted
-  }
-}
+const suback = (client: DeviceClient, filters: Array<[string, 0 | 1]>): Promise<number[]> =>
+  subackOf(client.mqtt, Object.fromEntries(filters.map(([topic, qos]) => [topic, { qos }])))
 
 /** Subscribes a device to its own commands, firmware and errors (all must be granted). */
 async function subscribeOwn (t: Test, client: DeviceClient): Promise<void> {

@@ -108,6 +108,13 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
       return authError(reason, detail, OBSERVER_REFUSAL_CODES[reason])
     }
     if (username === undefined || username === '' || password === undefined || !await observers!.verify(username, password)) {
+      if (username === client.id && isValidSerial(username)) {
+        // shaped like a device's login (client id = username = a serial): said as a device refusal
+        const detail = 'password is neither a device credential (a JSON object with cert, at most 16 KiB) nor an observer\'s password'
+        stats.connectRefused('not_a_device_credential')
+        logger.warn({ serial: username, reason: 'not_a_device_credential', detail, remote: remoteAddress(client) }, 'device connection refused')
+        return authError('not_a_device_credential', detail, REFUSAL_RETURN_CODES.not_a_device_credential)
+      }
       return refuse('observer_bad_credentials', 'unknown observer or wrong password')
     }
     if (isValidSerial(client.id) && await observers!.isDevice(client.id)) {

@@ -11,14 +11,12 @@ import { checkFirmwareMeta, createFirmwareStore, type AddResult } from '../firmw
 import { createLogger } from '../logger.js'
 import { createFirmwareFiles } from '../storage/firmware-files.js'
 import { createFirmwareRepository } from '../storage/repos/firmware-repo.js'
-import { parseCommand, type Output } from './main.js'
+import { parseCommand, withSubcommands, type Output } from './main.js'
 import { createProgressBar } from './progress.js'
 import { viaServerOrDatabase } from './via-server.js'
 
-export async function firmware (args: string[], output: Output): Promise<void> {
-  const [subcommand, ...rest] = args
-  if (subcommand !== 'upload') throw new UsageError('usage: shepherd firmware upload FILE --version V --target T [--application A]')
-  const { values, positionals: [file] } = parseCommand(rest, {
+async function upload (args: string[], output: Output): Promise<void> {
+  const { values, positionals: [file] } = parseCommand(args, {
     version: { type: 'string' },
     target: { type: 'string' },
     application: { type: 'string' }
@@ -47,3 +45,5 @@ export async function firmware (args: string[], output: Output): Promise<void> {
   const { id, version, target, application, sha256 } = result.firmware
   output.out(`firmware ${id}: ${target}${application === null ? '' : ` (${application})`} ${version}, ${size} bytes, sha256 ${sha256}`)
 }
+
+export const firmware = withSubcommands('firmware', { upload })

@@ -50,6 +50,18 @@ export function parseCommand<O extends Options> (args: string[], options: O, pos
 
 type Command = (args: string[], output: Output) => Promise<void>
 
+/** A command made of subcommands (`token create|list|revoke`): runs the one named first. */
+export function withSubcommands (group: string, subcommands: Record<string, Command>): Command {
+  const names = Object.keys(subcommands)
+  const expected = `expected ${names.length === 1 ? names[0] : `${names.slice(0, -1).join(', ')} or ${names.at(-1)}`}`
+  return async (args, output) => {
+    const [name, ...rest] = args
+    const subcommand = name !== undefined && Object.hasOwn(subcommands, name) ? subcommands[name] : undefined
+    if (subcommand === undefined) throw new UsageError(name === undefined ? expected : `unknown ${group} command ${JSON.stringify(name)} (${expected})`)
+    await subcommand(rest, output)
+  }
+}
+
 // Loaded on demand: `revoke` or `gen-ca` should not pay for loading the whole server.
 const COMMANDS: Record<string, () => Promise<Command>> = {
   start: async () => (await import('./start.js')).start,

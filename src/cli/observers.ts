@@ -6,7 +6,7 @@ import { CommandError, UsageError } from '../errors.js'
 import { createObservers, isValidObserverName, type AddObserverResult } from '../observers/observers.js'
 import type { Database } from '../storage/db.js'
 import { createObserverRepository } from '../storage/repos/observers-repo.js'
-import { parseCommand, type Output } from './main.js'
+import { parseCommand, withSubcommands, type Output } from './main.js'
 import { viaServerOrDatabase } from './via-server.js'
 
 const observersOf = (db: Database) => createObservers({ repo: createObserverRepository(db.knex) })
@@ -44,11 +44,4 @@ async function remove (args: string[], output: Output): Promise<void> {
   output.out(`observer ${JSON.stringify(name)} removed (its open connections stay until they close; new logins are refused)`)
 }
 
-const SUBCOMMANDS: Record<string, (args: string[], output: Output) => Promise<void>> = { add, list, remove }
-
-export async function observer (args: string[], output: Output): Promise<void> {
-  const [name, ...rest] = args
-  const subcommand = name !== undefined && Object.hasOwn(SUBCOMMANDS, name) ? SUBCOMMANDS[name] : undefined
-  if (subcommand === undefined) throw new UsageError(name === undefined ? 'expected add, list or remove' : `unknown observer command ${JSON.stringify(name)} (expected add, list or remove)`)
-  await subcommand(rest, output)
-}
+export const observer = withSubcommands('observer', { add, list, remove })

@@ -5,7 +5,7 @@ import { CommandError, UsageError } from '../errors.js'
 import { createApiTokens, isValidTokenName, type CreateTokenResult } from '../operators/api-tokens.js'
 import type { Database } from '../storage/db.js'
 import { createApiTokenRepository } from '../storage/repos/api-tokens-repo.js'
-import { parseCommand, type Output } from './main.js'
+import { parseCommand, withSubcommands, type Output } from './main.js'
 import { viaServerOrDatabase } from './via-server.js'
 
 /** A token's record as the CLI gets it: dates are strings when they come over the control socket. */
@@ -51,11 +51,4 @@ async function revoke (args: string[], output: Output): Promise<void> {
   output.out(`API token ${JSON.stringify(name)} revoked`)
 }
 
-const SUBCOMMANDS: Record<string, (args: string[], output: Output) => Promise<void>> = { create, list, revoke }
-
-export async function token (args: string[], output: Output): Promise<void> {
-  const [name, ...rest] = args
-  const subcommand = name !== undefined && Object.hasOwn(SUBCOMMANDS, name) ? SUBCOMMANDS[name] : undefined
-  if (subcommand === undefined) throw new UsageError(name === undefined ? 'expected create, list or revoke' : `unknown token command ${JSON.stringify(name)} (expected create, list or revoke)`)
-  await subcommand(rest, output)
-}
+export const token = withSubcommands('token', { create, list, revoke })

@@ -130,6 +130,20 @@ export function createCommands (deps: CommandsDeps) {
       return { ok: true, command, replayed: false }
     },
 
+    /**
+     * Issues one command to each device, each with its own payload (an update's offer), in one
+     * statement; the payloads are trusted (built by the server, not checked like a request).
+     * Answers the commands in the order of `items`.
+     */
+    async issueEach (items: Array<{ target: CommandTarget, command: Command['command'], payload: Record<string, unknown> }>, ttlSeconds: number): Promise<Command[]> {
+      const at = now()
+      const expiresAt = new Date(at.getTime() + ttlSeconds * 1000)
+      const issued = await repo.insertMany(items.map(item => newCommand(item.target, item, at, expiresAt, { idempotency_key: null, batch_id: null })))
+      logger.info({ command: items[0]?.command, devices: issued.length }, 'commands issued')
+      await Promise.all(issued.map(deliverOrAnnounce))
+      return issued
+    },
+
     /** Issues one command per member of a group (queued for the offline ones; revoked ones skipped). */
     async issueToGroup (groupId: number, request: CommandRequest, idempotencyKey?: string): Promise<GroupIssueResult> {
       const checked = checkCommandRequest(request)

@@ -52,6 +52,8 @@ export type CompleteOutcome =
 export interface CommandRepository {
   /** Inserts the command; with an idempotency key this device used before, answers that command (`inserted: false`). */
   insert (command: NewCommand): Promise<{ command: Command, inserted: boolean }>
+  /** Inserts commands without idempotency keys, in one statement per chunk; answers them in the same order. */
+  insertMany (commands: NewCommand[]): Promise<Command[]>
   /** Inserts a fan-out and its commands at once; with a key the group used before, answers that fan-out and its commands. */
   insertBatch (batch: CommandBatch, commands: NewCommand[]): Promise<{ batch: CommandBatch, commands: Command[], inserted: boolean }>
   find (id: string): Promise<Command | undefined>

@@ -99,11 +99,17 @@ export interface FirmwareRepository {
 export interface StatusReport { updateId: string, state: UpdateState, progress: number | null, error: string | null }
 
 export interface UpdateRepository {
-  /** Inserts the update (pending); with `supersede`, fails the device's update in progress first. Undefined when one is in progress and not superseded. */
-  insert (update: NewUpdate, options: { supersede: boolean, at: Date }): Promise<{ update: Update, superseded: Update | undefined } | undefined>
-  setCommand (id: string, commandId: string): Promise<void>
+  /**
+   * Inserts the updates (pending) in one transaction; with `supersede`, first fails the devices'
+   * updates in progress. A device that has one in progress (not superseded) gets none: `inserted`
+   * holds only the others.
+   */
+  insertMany (updates: NewUpdate[], options: { supersede: boolean, at: Date }): Promise<{ inserted: Update[], superseded: Update[] }>
+  /** Records the command that carried each update's offer. */
+  setCommands (pairs: Array<{ id: string, commandId: string }>): Promise<void>
   find (id: string): Promise<Update | undefined>
   findActive (serial: string): Promise<Update | undefined>
+  findActiveMany (serials: string[]): Promise<Update[]>
   listForDevice (serial: string, options: { before?: { createdAt: Date, id: string }, limit: number }): Promise<Update[]>
   /** Applies a report to the device's update while it is in progress; undefined when it is not. */
   report (serial: string, id: string, change: { state: UpdateState, progress: number | null, error: string | null, failure_reason: FailureReason | null }, at: Date): Promise<Update | undefined>

@@ -19,12 +19,12 @@ import { beforeTimeKey, pageOf, timeKeyOf, type Page } from '../paging.js'
 import type { Publish } from '../ports.js'
 import { deviceTopic } from '../topics.js'
 import type { FirmwareStore } from './firmware-store.js'
-import { ACTIVE_UPDATE_STATES, UPDATE_STATES, type Firmware, type Rollout, type RolloutCounts, type StatusReport, type Update, type UpdateRepository } from './types.js'
+import { ACTIVE_UPDATE_STATES, UPDATE_STATES, type Firmware, type Rollout, type RolloutCounts, type NewUpdate, type StatusReport, type Update, type UpdateRepository } from './types.js'
 
 export const DEFAULT_UPDATE_TTL_SECONDS = 7 * 86_400
 
 /** What the updates domain needs to know of a device. */
-export interface UpdateTarget { serial: string, revoked: boolean, firmware_version: string | null, firmware_target: string | null }
+export interface UpdateTarget { serial: string, status: 'online' | 'offline', revoked: boolean, firmware_version: string | null, firmware_target: string | null }
 
 export interface UpdateRequest { firmware_id: string, force?: boolean, ttl_seconds?: number }
 
@@ -48,9 +48,9 @@ export interface UpdatesDeps {
   repo: UpdateRepository
   firmware: Pick<FirmwareStore, 'get'>
   findDevice (serial: string): Promise<UpdateTarget | undefined>
-  /** A group's members' serials; undefined when there is no such group. */
-  groupMembers (groupId: number): Promise<Array<{ serial: string }> | undefined>
-  commands: Pick<Commands, 'issue'>
+  /** A group's members; undefined when there is no such group. */
+  groupMembers (groupId: number): Promise<UpdateTarget[] | undefined>
+  commands: Pick<Commands, 'issueEach'>
   publish: Publish
   /** An absolute, freshly signed download URL for the firmware. */
   downloadUrl (firmwareId: string): string
@@ -125,35 +125,60 @@ export function createUpdates (deps: UpdatesDeps) {
     return { ok: true, ttlSeconds: ttl }
   }
 
-  async function startOn (serial: string, firmware: Firmware, request: UpdateRequest & { ttlSeconds: number }, rolloutId: string | null): Promise<StartResult> {
-    const device = await deps.findDevice(serial)
-    if (device === undefined) return { ok: false, reason: 'not_found' }
-    if (device.revoked) return { ok: false, reason: 'revoked' }
+  /** Starts the update on each device (one statement for all); answers each one's result, in order. */
+  async function startMany (targets: UpdateTarget[], firmware: Firmware, request: UpdateRequest & { ttlSeconds: number }, rolloutId: string | null): Promise<StartResult[]> {
     const force = request.force === true
-    if (!force && device.firmware_target !== null && device.firmware_target !== firmware.target) {
-      return { ok: false, reason: 'target_mismatch', message: `firmware ${firmware.id} is for target ${firmware.target}; device ${serial} reports ${device.firmware_target} (force: true overrides)` }
-    }
+    const results: StartResult[] = new Array(targets.length)
+    const indexOf = new Map<string, number>()
+    const byId = new Map<string, UpdateTarget>()
     const at = now()
-    const inserted = await repo.insert({
-      id: randomUUID(), serial, firmware_id: firmware.id, version: firmware.version, target: firmware.target, sha256: firmware.sha256, size: firmware.size,
-      previous_version: device.firmware_version, rollout_id: rolloutId, created_at: at, expires_at: new Date(at.getTime() + request.ttlSeconds * 1000)
-    }, { supersede: force, at })
-    if (inserted === undefined) {
-      const active = await repo.findActive(serial)
-      return active === undefined ? await startOn(serial, firmware, request, rolloutId) : { ok: false, reason: 'update_in_progress', update: active }
+    const drafts: NewUpdate[] = []
+    for (const [i, device] of targets.entries()) {
+      if (device.revoked) results[i] = { ok: false, reason: 'revoked' }
+      else if (!force && device.firmware_target !== null && device.firmware_target !== firmware.target) {
+        results[i] = { ok: false, reason: 'target_mismatch', message: `firmware ${firmware.id} is for target ${firmware.target}; device ${device.serial} reports ${device.firmware_target} (force: true overrides)` }
+      } else {
+        indexOf.set(device.serial, i)
+        const draft: NewUpdate = {
+          id: randomUUID(), serial: device.serial, firmware_id: firmware.id, version: firmware.version, target: firmware.target, sha256: firmware.sha256, size: firmware.size,
+          previous_version: device.firmware_version, rollout_id: rolloutId, created_at: at, expires_at: new Date(at.getTime() + request.ttlSeconds * 1000)
+        }
+        drafts.push(draft)
+        byId.set(draft.id, device)
+      }
     }
-    const { update, superseded } = inserted
-    if (superseded !== undefined) {
-      logger.info({ serial, update: superseded.id, by: update.id }, 'update superseded')
-      emitProgress(superseded)
+    if (drafts.length === 0) return results
+    const { inserted, superseded } = await repo.insertMany(drafts, { supersede: force, at })
+    for (const update of superseded) {
+      logger.info({ serial: update.serial, update: update.id, reason: 'superseded' }, 'update superseded')
+      emitProgress(update)
     }
-    logger.info({ serial, update: update.id, firmware: firmware.id, version: firmware.version, from: device.firmware_version }, 'update started')
-    emitProgress(update)
-    await publishOffer(update)
-    const issued = await deps.commands.issue(serial, { command: 'update', payload: { ...offerOf(update) }, ttl_seconds: request.ttlSeconds })
-    if (issued.ok) await repo.setCommand(update.id, issued.command.id)
-    else logger.warn({ serial, update: update.id, reason: issued.reason }, 'the update command was not issued; the retained offer stands')
-    return { ok: true, update: issued.ok ? { ...update, command_id: issued.command.id } : update }
+
+    // a device with an update in progress got none
+    const started = new Set(inserted.map(update => update.serial))
+    const busy = drafts.filter(draft => !started.has(draft.serial)).map(draft => draft.serial)
+    if (busy.length > 0) {
+      const active = new Map((await repo.findActiveMany(busy)).map(update => [update.serial, update]))
+      const finishedMeanwhile: UpdateTarget[] = []
+      for (const serial of busy) {
+        const update = active.get(serial)
+        if (update !== undefined) results[indexOf.get(serial)!] = { ok: false, reason: 'update_in_progress', update }
+        else finishedMeanwhile.push(targets[indexOf.get(serial)!]!)
+      }
+      const retried = await startMany(finishedMeanwhile, firmware, request, rolloutId)
+      for (const [i, result] of retried.entries()) results[indexOf.get(finishedMeanwhile[i]!.serial)!] = result
+    }
+    if (inserted.length === 0) return results
+
+    for (const update of inserted) {
+      logger[targets.length === 1 ? 'info' : 'debug']({ serial: update.serial, update: update.id, firmware: firmware.id, version: firmware.version, from: update.previous_version }, 'update started')
+      emitProgress(update)
+    }
+    await Promise.all(inserted.map(publishOffer))
+    const commands = await deps.commands.issueEach(inserted.map(update => ({ target: byId.get(update.id)!, command: 'update' as const, payload: { ...offerOf(update) } })), request.ttlSeconds)
+    await repo.setCommands(inserted.map((update, i) => ({ id: update.id, commandId: commands[i]!.id })))
+    for (const [i, update] of inserted.entries()) results[indexOf.get(update.serial)!] = { ok: true, update: { ...update, command_id: commands[i]!.id } }
+    return results
   }
 
   return {
@@ -162,7 +187,10 @@ export function createUpdates (deps: UpdatesDeps) {
       if (!checked.ok) return checked
       const firmware = await deps.firmware.get(request.firmware_id)
       if (firmware === undefined) return { ok: false, reason: 'firmware_not_found' }
-      return await startOn(serial, firmware, { ...request, ttlSeconds: checked.ttlSeconds }, null)
+      const device = await deps.findDevice(serial)
+      if (device === undefined) return { ok: false, reason: 'not_found' }
+      const [result] = await startMany([device], firmware, { ...request, ttlSeconds: checked.ttlSeconds }, null)
+      return result!
     },
 
     /** Starts the update on every member; members it cannot start on are listed with the reason. */
@@ -175,10 +203,11 @@ export function createUpdates (deps: UpdatesDeps) {
       if (members === undefined) return { ok: false, reason: 'not_found' }
       const rollout: Rollout = { id: randomUUID(), group_id: groupId, firmware_id: firmware.id, version: firmware.version, created_at: now() }
       await repo.insertRollout(rollout)
+      const results = await startMany(members, firmware, { ...request, ttlSeconds: checked.ttlSeconds }, rollout.id)
       const updates: Update[] = []
       const skipped: Array<{ serial: string, reason: string, message: string }> = []
-      for (const { serial } of members) {
-        const result = await startOn(serial, firmware, { ...request, ttlSeconds: checked.ttlSeconds }, rollout.id)
+      for (const [i, result] of results.entries()) {
+        const { serial } = members[i]!
         if (result.ok) updates.push(result.update)
         else skipped.push({ serial, reason: result.reason, message: describeRefusal(result, `device ${serial}`) })
       }

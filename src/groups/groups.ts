@@ -41,7 +41,7 @@ export interface GroupRepository {
   members (id: number): Promise<GroupMember[] | undefined>
 }
 
-export interface GroupMember { serial: string, status: 'online' | 'offline', revoked: boolean }
+export interface GroupMember { serial: string, status: 'online' | 'offline', revoked: boolean, firmware_version: string | null, firmware_target: string | null }
 
 export type CreateGroupResult = GroupResult | { ok: false, reason: 'invalid_name' }
 

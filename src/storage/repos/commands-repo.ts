@@ -23,6 +23,15 @@ export function createCommandRepository (knex: Knex): CommandRepository {
       return { command: commandOf(existing), inserted: false }
     },
 
+    async insertMany (drafts) {
+      const rows: CommandRow[] = []
+      for (let i = 0; i < drafts.length; i += INSERT_CHUNK) {
+        rows.push(...await commands().insert(drafts.slice(i, i + INSERT_CHUNK).map(asRow) as never).returning('*') as CommandRow[])
+      }
+      const byId = new Map(rows.map(row => [row.id, commandOf(row)]))
+      return drafts.map(draft => byId.get(draft.id)!)
+    },
+
     async insertBatch (batch, drafts) {
       return await knex.transaction(async (trx) => {
         const [created] = await trx('command_batches').insert({ ...batch, payload: JSON.stringify(batch.payload) })

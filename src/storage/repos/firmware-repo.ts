@@ -6,6 +6,7 @@ import {
 } from '../../firmware/types.js'
 
 const UNIQUE_VIOLATION = '23505'
+const INSERT_CHUNK = 1000
 
 type FirmwareRow = Omit<Firmware, 'size'> & { size: number | string }
 type UpdateRow = Omit<Update, 'size'> & { size: number | string }
@@ -65,22 +66,33 @@ export function createFirmwareRepository (knex: Knex): FirmwareRepository {
 export function createUpdateRepository (knex: Knex): UpdateRepository {
   const updates = () => knex<UpdateRow>('updates')
   return {
-    async insert (draft, { supersede, at }) {
+    async insertMany (drafts, { supersede, at }) {
       return await knex.transaction(async (trx) => {
-        let superseded: Update | undefined
-        if (supersede) {
-          const [row] = await trx('updates').where({ serial: draft.serial }).whereIn('state', ACTIVE_UPDATE_STATES)
-            .update({ state: 'failed', failure_reason: 'superseded', error: `superseded by update ${draft.id}`, completed_at: at, status_at: at }).returning('*') as UpdateRow[]
-          if (row !== undefined) superseded = updateOf(row)
+        const superseded: UpdateRow[] = []
+        const inserted: UpdateRow[] = []
+        for (let i = 0; i < drafts.length; i += INSERT_CHUNK) {
+          const chunk = drafts.slice(i, i + INSERT_CHUNK)
+          if (supersede) {
+            const result = await trx.raw(`UPDATE updates SET state = 'failed', failure_reason = 'superseded', error = 'superseded by update ' || v.id,
+                completed_at = ?, status_at = ?
+              FROM unnest(?::text[], ?::uuid[]) AS v(serial, id)
+              WHERE updates.serial = v.serial AND updates.state IN ('pending', 'downloading', 'applying') RETURNING updates.*`,
+            [at, at, chunk.map(draft => draft.serial), chunk.map(draft => draft.id)]) as { rows: UpdateRow[] }
+            superseded.push(...result.rows)
+          }
+          inserted.push(...await trx('updates').insert(chunk.map(draft => ({ ...draft, state: 'pending', status_at: at })))
+            .onConflict(knex.raw("(serial) WHERE state IN ('pending', 'downloading', 'applying')")).ignore().returning('*') as UpdateRow[])
         }
-        const [row] = await trx('updates').insert({ ...draft, state: 'pending', status_at: at })
-          .onConflict(knex.raw("(serial) WHERE state IN ('pending', 'downloading', 'applying')")).ignore().returning('*') as UpdateRow[]
-        return row === undefined ? undefined : { update: updateOf(row), superseded }
+        return { inserted: inserted.map(updateOf), superseded: superseded.map(updateOf) }
       })
     },
 
-    async setCommand (id, commandId) {
-      await updates().where({ id }).update({ command_id: commandId })
+    async setCommands (pairs) {
+      for (let i = 0; i < pairs.length; i += INSERT_CHUNK) {
+        const chunk = pairs.slice(i, i + INSERT_CHUNK)
+        await knex.raw('UPDATE updates SET command_id = v.command_id FROM unnest(?::uuid[], ?::uuid[]) AS v(id, command_id) WHERE updates.id = v.id',
+          [chunk.map(pair => pair.id), chunk.map(pair => pair.commandId)])
+      }
     },
 
     async find (id) {
@@ -91,6 +103,14 @@ export function createUpdateRepository (knex: Knex): UpdateRepository {
     async findActive (serial) {
       const row = await updates().where({ serial }).whereIn('state', ACTIVE_UPDATE_STATES).first() as UpdateRow | undefined
       return row === undefined ? undefined : updateOf(row)
+    },
+
+    async findActiveMany (serials) {
+      const rows: UpdateRow[] = []
+      for (let i = 0; i < serials.length; i += INSERT_CHUNK) {
+        rows.push(...await updates().whereIn('serial', serials.slice(i, i + INSERT_CHUNK)).whereIn('state', ACTIVE_UPDATE_STATES) as UpdateRow[])
+      }
+      return rows.map(updateOf)
     },
 
     async listForDevice (serial, { before, limit }) {

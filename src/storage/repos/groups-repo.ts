@@ -73,7 +73,7 @@ export function createGroupRepository (knex: Knex): GroupRepository {
 
     async members (id) {
       if (await knex('groups').where({ id }).first('id') === undefined) return undefined
-      return await knex('devices').where({ group_id: id }).orderBy('serial').select('serial', 'status', 'revoked')
+      return await knex('devices').where({ group_id: id }).orderBy('serial').select('serial', 'status', 'revoked', 'firmware_version', 'firmware_target')
     },
 
     async removeDevice (id, serial) {

@@ -1,8 +1,6 @@
 // The metrics pipeline's shared vocabulary: a validated point, a batch, and the handler interface
-// that built-in and custom handlers implement (METRICS_HANDLERS).
-import type { Registry } from 'prom-client'
-import type { Knex } from 'knex'
-import type { Logger } from '../logger.js'
+// that built-in and custom handlers implement (METRICS_HANDLERS). What a handler factory is given
+// (the database among it) lives with the factories, in handlers/index.ts.
 
 /** One validated metric point of one device. */
 export interface MetricPoint {
@@ -36,15 +34,3 @@ export interface MetricsHandler {
   /** Flushes what it holds; called once on shutdown. */
   close? (): Promise<void>
 }
-
-/** What a handler factory gets: the server's own facilities. */
-export interface MetricsHandlerContext {
-  logger: Logger
-  /** The prom-client registry served on /metrics. */
-  registry: Registry
-  knex: Knex
-  dataDir: string
-}
-
-/** A built-in handler, or the default export of a custom handler module. */
-export type MetricsHandlerFactory = (context: MetricsHandlerContext) => MetricsHandler | Promise<MetricsHandler>

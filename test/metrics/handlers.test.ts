@@ -8,7 +8,7 @@ import { loadConfig } from '../../src/config.js'
 import { ConfigError, StartupError } from '../../src/errors.js'
 import { createLogger } from '../../src/logger.js'
 import { createMetricsHandlers } from '../../src/metrics/handlers/index.js'
-import type { MetricsHandlerContext } from '../../src/metrics/types.js'
+import type { MetricsHandlerContext } from '../../src/metrics/handlers/context.js'
 import { Registry } from 'prom-client'
 import { startTestServer } from '../helpers/server.js'
 

@@ -1,6 +1,6 @@
 // The `logger` metrics handler: one debug line per point. Lossy: when the log cannot keep up, its
 // oldest waiting batches are dropped rather than holding back the devices.
-import type { MetricsHandlerFactory } from '../types.js'
+import type { MetricsHandlerFactory } from './context.js'
 
 export const createLoggerHandler: MetricsHandlerFactory = ({ logger }) => ({
   name: 'logger',

@@ -14,7 +14,8 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { Counter, Gauge, Histogram } from 'prom-client'
 import { createMetricsRepository } from '../../storage/repos/metrics-repo.js'
 import { openSpillStore } from '../spill.js'
-import type { MetricBatch, MetricsHandler, MetricsHandlerContext } from '../types.js'
+import type { MetricBatch, MetricsHandler } from '../types.js'
+import type { MetricsHandlerContext } from './context.js'
 
 export interface PostgresHandlerOptions {
   /** Points older than this many days are deleted; 0 keeps them forever. Default 30. */

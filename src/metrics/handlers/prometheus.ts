@@ -3,7 +3,7 @@
 // (METRICS_PROMETHEUS_MAX_SERIES): points of further series are dropped and counted, so a fleet
 // inventing metric names cannot grow the scrape without bound. Lossy, like every gauge.
 import { Counter, Gauge } from 'prom-client'
-import type { MetricsHandlerFactory } from '../types.js'
+import type { MetricsHandlerFactory } from './context.js'
 
 export function prometheusHandler (maxSeries: number): MetricsHandlerFactory {
   return ({ registry, logger }) => {

@@ -40,6 +40,7 @@ import {
 import { makeBenchFleet } from './lib/fleet.js'
 import { mib, thousands, percentile } from './lib/figures.js'
 import { guardRun } from './lib/run-guard.js'
+import { optionChecks, type OptionChecks } from './lib/options.js'
 
 const MAX_DEVICES = 20_000
 const TARGET = { devices: 2000, rate: 200, p99Ms: 50 }
@@ -61,12 +62,9 @@ interface Options {
   timeoutSeconds: number
 }
 
-function usage (message: string): never {
-  console.error(`${message}\nusage: node --import tsx bench/commands.ts [--devices 1..${MAX_DEVICES}] [--rate R] [--duration SECONDS] ` +
+const checks: OptionChecks = optionChecks(`node --import tsx bench/commands.ts [--devices 1..${MAX_DEVICES}] [--rate R] [--duration SECONDS] ` +
     '[--commands C] [--transport ws|tcp] [--database pglite|postgres] [--http-connections N] [--warmup W] [--concurrency K] ' +
     '[--drain-timeout SECONDS] [--timeout SECONDS]')
-  process.exit(64)
-}
 
 function parseOptions (): Options {
   const { values } = parseArgs({
@@ -84,26 +82,21 @@ function parseOptions (): Options {
       timeout: { type: 'string', default: '600' }
     }
   })
-  const integer = (name: string, raw: string, max: number, min = 1): number => {
-    const value = Number(raw)
-    if (!/^\d+$/.test(raw) || value < min || value > max) usage(`--${name} must be an integer from ${min} to ${max}`)
-    return value
-  }
-  if (values.transport !== 'ws' && values.transport !== 'tcp') usage('--transport must be ws or tcp')
-  if (values.database !== 'pglite' && values.database !== 'postgres') usage('--database must be pglite or postgres')
-  const rate = integer('rate', values.rate, 100_000)
-  const duration = integer('duration', values.duration, 3600)
+  if (values.transport !== 'ws' && values.transport !== 'tcp') checks.usage('--transport must be ws or tcp')
+  if (values.database !== 'pglite' && values.database !== 'postgres') checks.usage('--database must be pglite or postgres')
+  const rate = checks.integer('rate', values.rate, 100_000)
+  const duration = checks.integer('duration', values.duration, 3600)
   return {
-    devices: integer('devices', values.devices, MAX_DEVICES),
+    devices: checks.integer('devices', values.devices, MAX_DEVICES),
     rate,
-    commands: values.commands === undefined ? rate * duration : integer('commands', values.commands, 10_000_000),
+    commands: values.commands === undefined ? rate * duration : checks.integer('commands', values.commands, 10_000_000),
     transport: values.transport,
     database: values.database,
-    httpConnections: integer('http-connections', values['http-connections'], 10_000),
-    warmup: integer('warmup', values.warmup, 100_000, 0),
-    concurrency: integer('concurrency', values.concurrency, MAX_DEVICES),
-    drainTimeoutSeconds: integer('drain-timeout', values['drain-timeout'], 3600),
-    timeoutSeconds: integer('timeout', values.timeout, 86_400)
+    httpConnections: checks.integer('http-connections', values['http-connections'], 10_000),
+    warmup: checks.integer('warmup', values.warmup, 100_000, 0),
+    concurrency: checks.integer('concurrency', values.concurrency, MAX_DEVICES),
+    drainTimeoutSeconds: checks.integer('drain-timeout', values['drain-timeout'], 3600),
+    timeoutSeconds: checks.integer('timeout', values.timeout, 86_400)
   }
 }
 

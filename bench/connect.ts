@@ -20,6 +20,7 @@ import {
 import { makeBenchFleet } from './lib/fleet.js'
 import { mib, percentile } from './lib/figures.js'
 import { guardRun } from './lib/run-guard.js'
+import { optionChecks, type OptionChecks } from './lib/options.js'
 
 const MAX_DEVICES = 20_000
 
@@ -50,11 +51,8 @@ interface Figures {
   teardownMs: number
 }
 
-function usage (message: string): never {
-  console.error(`${message}\nusage: node --import tsx bench/connect.ts [--devices 1..${MAX_DEVICES}] [--transport ws|tcp] ` +
+const checks: OptionChecks = optionChecks(`node --import tsx bench/connect.ts [--devices 1..${MAX_DEVICES}] [--transport ws|tcp] ` +
     '[--database pglite|postgres] [--concurrency N] [--warmup N] [--timeout SECONDS] [--profile-dir DIR]')
-  process.exit(64)
-}
 
 function parseOptions (): Options {
   const { values } = parseArgs({
@@ -68,20 +66,15 @@ function parseOptions (): Options {
       'profile-dir': { type: 'string' }
     }
   })
-  const integer = (name: string, raw: string, max: number, min = 1): number => {
-    const value = Number(raw)
-    if (!/^\d+$/.test(raw) || value < min || value > max) usage(`--${name} must be an integer from ${min} to ${max}`)
-    return value
-  }
-  if (values.transport !== 'ws' && values.transport !== 'tcp') usage('--transport must be ws or tcp')
-  if (values.database !== 'pglite' && values.database !== 'postgres') usage('--database must be pglite or postgres')
+  if (values.transport !== 'ws' && values.transport !== 'tcp') checks.usage('--transport must be ws or tcp')
+  if (values.database !== 'pglite' && values.database !== 'postgres') checks.usage('--database must be pglite or postgres')
   return {
-    devices: integer('devices', values.devices, MAX_DEVICES),
+    devices: checks.integer('devices', values.devices, MAX_DEVICES),
     transport: values.transport,
     database: values.database,
-    concurrency: integer('concurrency', values.concurrency, MAX_DEVICES),
-    warmup: integer('warmup', values.warmup, 1000, 0),
-    timeoutSeconds: integer('timeout', values.timeout, 86_400),
+    concurrency: checks.integer('concurrency', values.concurrency, MAX_DEVICES),
+    warmup: checks.integer('warmup', values.warmup, 1000, 0),
+    timeoutSeconds: checks.integer('timeout', values.timeout, 86_400),
     profileDir: values['profile-dir'] === undefined ? undefined : path.resolve(values['profile-dir'])
   }
 }

@@ -26,6 +26,7 @@ import {
 import { makeBenchFleet } from './lib/fleet.js'
 import { mib, thousands, percentile } from './lib/figures.js'
 import { guardRun } from './lib/run-guard.js'
+import { optionChecks, type OptionChecks } from './lib/options.js'
 
 const MAX_DEVICES = 20_000
 const POLL_MS = 100
@@ -73,11 +74,8 @@ interface Figures {
   loadCpuMicros: number
 }
 
-function usage (message: string): never {
-  console.error(`${message}\nusage: node --import tsx bench/ingest.ts [--devices 1..${MAX_DEVICES}] [--transport ws|tcp] [--duration SECONDS] ` +
+const checks: OptionChecks = optionChecks(`node --import tsx bench/ingest.ts [--devices 1..${MAX_DEVICES}] [--transport ws|tcp] [--duration SECONDS] ` +
     '[--inflight N] [--points P] [--qos 0|1] [--concurrency C] [--drain-timeout SECONDS] [--timeout SECONDS]')
-  process.exit(64)
-}
 
 function parseOptions (): Options {
   const { values } = parseArgs({
@@ -93,23 +91,18 @@ function parseOptions (): Options {
       timeout: { type: 'string', default: '900' }
     }
   })
-  const integer = (name: string, raw: string, max: number, min = 1): number => {
-    const value = Number(raw)
-    if (!/^\d+$/.test(raw) || value < min || value > max) usage(`--${name} must be an integer from ${min} to ${max}`)
-    return value
-  }
-  if (values.transport !== undefined && values.transport !== 'ws' && values.transport !== 'tcp') usage('--transport must be ws or tcp')
-  if (values.qos !== '0' && values.qos !== '1') usage('--qos must be 0 or 1')
+  if (values.transport !== undefined && values.transport !== 'ws' && values.transport !== 'tcp') checks.usage('--transport must be ws or tcp')
+  if (values.qos !== '0' && values.qos !== '1') checks.usage('--qos must be 0 or 1')
   return {
-    devices: integer('devices', values.devices, MAX_DEVICES),
+    devices: checks.integer('devices', values.devices, MAX_DEVICES),
     transports: values.transport === undefined ? ['tcp', 'ws'] : [values.transport],
-    durationSeconds: integer('duration', values.duration, 3600),
-    inflight: integer('inflight', values.inflight, 100),
-    points: integer('points', values.points, 1000),
+    durationSeconds: checks.integer('duration', values.duration, 3600),
+    inflight: checks.integer('inflight', values.inflight, 100),
+    points: checks.integer('points', values.points, 1000),
     qos: values.qos === '0' ? 0 : 1,
-    concurrency: integer('concurrency', values.concurrency, MAX_DEVICES),
-    drainTimeoutSeconds: integer('drain-timeout', values['drain-timeout'], 3600),
-    timeoutSeconds: integer('timeout', values.timeout, 86_400)
+    concurrency: checks.integer('concurrency', values.concurrency, MAX_DEVICES),
+    drainTimeoutSeconds: checks.integer('drain-timeout', values['drain-timeout'], 3600),
+    timeoutSeconds: checks.integer('timeout', values.timeout, 86_400)
   }
 }
 

@@ -18,14 +18,13 @@ import { createServer } from '../src/server.js'
 import { createThrowawayDatabase, loadAverage, machineDescription } from './lib/environment.js'
 import { percentile } from './lib/figures.js'
 import { guardRun } from './lib/run-guard.js'
+import { optionChecks, type OptionChecks } from './lib/options.js'
 
+const checks: OptionChecks = optionChecks('node --import tsx bench/rollout.ts [--members 1..100000] [--runs 1..20] [--timeout SECONDS]')
 const { values } = parseArgs({ options: { members: { type: 'string', default: '10000' }, runs: { type: 'string', default: '3' }, timeout: { type: 'string', default: '600' } } })
-const members = Number(values.members)
-const runs = Number(values.runs)
-if (!(Number.isInteger(members) && members >= 1 && members <= 100_000) || !(Number.isInteger(runs) && runs >= 1 && runs <= 20)) {
-  console.error('--members must be 1–100000 and --runs 1–20')
-  process.exit(2)
-}
+const members = checks.integer('members', values.members, 100_000)
+const runs = checks.integer('runs', values.runs, 20)
+const timeoutSeconds = checks.integer('timeout', values.timeout, 86_400)
 
 const results: Array<{ kind: string, ms: number }> = []
 const report = (): void => {
@@ -36,7 +35,7 @@ const report = (): void => {
   }
 }
 let cleanUp = async (): Promise<void> => {}
-const guard = guardRun({ timeoutSeconds: Number(values.timeout), reportPartial: () => { report(); return results.length > 0 }, cleanUp: () => cleanUp() })
+const guard = guardRun({ timeoutSeconds, reportPartial: () => { report(); return results.length > 0 }, cleanUp: () => cleanUp() })
 
 console.log('Shepherd group rollout benchmark')
 console.log(`workload: ${runs} × a group of ${members} offline devices on PostgreSQL: POST /api/groups/:id/update vs POST /api/groups/:id/commands (identify) on the same group`)

@@ -41,11 +41,13 @@ export interface ConnectAttempt {
   clientId: string
   username: string | undefined
   password: Buffer | undefined
+  /** The password already parsed by parseDeviceCredential (the caller needed it first), so it is parsed once. */
+  credential?: DeviceCredential
 }
 
 export const MAX_PASSWORD_BYTES = 16 * 1024
 
-interface DeviceCredential {
+export interface DeviceCredential {
   timestamp?: unknown
   signature?: unknown
   cert?: unknown
@@ -198,7 +200,7 @@ export function createDeviceAuthenticator (deps: DeviceAuthenticatorDeps) {
 
   async function authenticate (connect: ConnectAttempt): Promise<Verdict> {
     const serial = typeof connect.username === 'string' ? connect.username : undefined
-    const credential = parseDeviceCredential(connect.password)
+    const credential = connect.credential ?? parseDeviceCredential(connect.password)
     if (credential === undefined) {
       return { ok: false, reason: 'not_a_device_credential', detail: 'password is not a device credential (JSON object with cert); observer logins are not enabled', serial }
     }

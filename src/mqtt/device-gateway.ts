@@ -3,7 +3,7 @@
 // broker events feed presence and the info topic. No business rule lives here.
 import type { Aedes, AuthenticateError, AuthErrorCode, Client } from 'aedes'
 import type { BrokerHooks, MessageBus } from './broker.js'
-import { REFUSAL_RETURN_CODES, parseDeviceCredential, type DeviceAuthenticator } from '../auth/device-authenticator.js'
+import { REFUSAL_RETURN_CODES, parseDeviceCredential, type DeviceAuthenticator, type DeviceCredential } from '../auth/device-authenticator.js'
 import { OBSERVER_REFUSAL_CODES, authorizeObserverSubscribe, isBridgeNotification, observerMayReceive } from '../observers/acl.js'
 import { authorizeDevicePublish, authorizeDeviceSubscribe, isDeviceWillTopic } from '../devices/acl.js'
 import type { DeviceRegistry } from '../devices/device-registry.js'
@@ -87,8 +87,8 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
   const observerSessions = new WeakMap<Client, string>()
   /** Device connections that are ready (counted for telemetry and $SYS). */
   const readyDevices = new Set<Client>()
-  /** CONNECT packets between preConnect and authenticate, to drop the credential once checked. */
-  const connects = new WeakMap<Client, { password?: Buffer }>()
+  /** CONNECT packets between preConnect and authenticate, to drop the credential once checked, with the password parsed once. */
+  const connects = new WeakMap<Client, { packet: { password?: Buffer }, credential: DeviceCredential | undefined }>()
   /** The latest accepted connection per serial, until it is ready (a takeover in progress). */
   const takers = new Map<string, Client>()
   let aedes: Aedes | undefined
@@ -96,7 +96,7 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
   function forgetCredential (client: Client): void {
     // The parser keeps the CONNECT packet for the connection's life: do not keep the credential in it.
     const connect = connects.get(client)
-    if (connect !== undefined) connect.password = undefined
+    if (connect !== undefined) connect.packet.password = undefined
     connects.delete(client)
   }
 
@@ -149,8 +149,9 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
       }
       // Observers get clean sessions: nothing is queued for a tool that went away (MQTT lets the
       // server answer sessionPresent 0; a client, or a bridge, subscribes again on every connect).
-      if (observers !== undefined && parseDeviceCredential(packet.password) === undefined) packet.clean = true
-      connects.set(client, packet)
+      const credential = parseDeviceCredential(packet.password)
+      if (observers !== undefined && credential === undefined) packet.clean = true
+      connects.set(client, { packet, credential })
       callback(null, true)
     },
 
@@ -159,14 +160,16 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
         logger.error({ err: error, remote: remoteAddress(client) }, 'authentication failed unexpectedly')
         done(authError('server_unavailable', 'server unavailable', 3), false)
       }
-      if (observers !== undefined && parseDeviceCredential(password) === undefined) {
+      const connect = connects.get(client)
+      const credential = connect === undefined ? parseDeviceCredential(password) : connect.credential
+      if (observers !== undefined && credential === undefined) {
         authenticateObserver(client, username, password).then((refusal) => {
           forgetCredential(client)
           done(refusal ?? null, refusal === undefined)
         }, failed)
         return
       }
-      authenticator.authenticate({ clientId: client.id, username, password }).then((verdict) => {
+      authenticator.authenticate({ clientId: client.id, username, password, credential }).then((verdict) => {
         forgetCredential(client)
         if (!verdict.ok) {
           stats.connectRefused(verdict.reason)

@@ -117,12 +117,18 @@ export function createUpdates (deps: UpdatesDeps) {
     else emitProgress(update)
   }
 
-  function checkRequest (request: UpdateRequest): { ok: true, ttlSeconds: number } | { ok: false, reason: 'invalid', field: string, message: string } {
+  /** The request's ttl and its firmware, or why not. */
+  async function checkRequest (request: UpdateRequest): Promise<
+    | { ok: true, firmware: Firmware, request: UpdateRequest & { ttlSeconds: number } }
+    | { ok: false, reason: 'invalid', field: string, message: string }
+    | { ok: false, reason: 'firmware_not_found' }> {
     const ttl = request.ttl_seconds ?? DEFAULT_UPDATE_TTL_SECONDS
     if (!Number.isInteger(ttl) || ttl < 1 || ttl > MAX_TTL_SECONDS) {
       return { ok: false, reason: 'invalid', field: 'ttl_seconds', message: `ttl_seconds must be an integer from 1 to ${MAX_TTL_SECONDS}` }
     }
-    return { ok: true, ttlSeconds: ttl }
+    const firmware = await deps.firmware.get(request.firmware_id)
+    if (firmware === undefined) return { ok: false, reason: 'firmware_not_found' }
+    return { ok: true, firmware, request: { ...request, ttlSeconds: ttl } }
   }
 
   /** Starts the update on each device (one statement for all); answers each one's result, in order. */
@@ -183,27 +189,24 @@ export function createUpdates (deps: UpdatesDeps) {
 
   return {
     async start (serial: string, request: UpdateRequest): Promise<StartResult> {
-      const checked = checkRequest(request)
+      const checked = await checkRequest(request)
       if (!checked.ok) return checked
-      const firmware = await deps.firmware.get(request.firmware_id)
-      if (firmware === undefined) return { ok: false, reason: 'firmware_not_found' }
       const device = await deps.findDevice(serial)
       if (device === undefined) return { ok: false, reason: 'not_found' }
-      const [result] = await startMany([device], firmware, { ...request, ttlSeconds: checked.ttlSeconds }, null)
+      const [result] = await startMany([device], checked.firmware, checked.request, null)
       return result!
     },
 
     /** Starts the update on every member; members it cannot start on are listed with the reason. */
     async startForGroup (groupId: number, request: UpdateRequest): Promise<GroupStartResult> {
-      const checked = checkRequest(request)
+      const checked = await checkRequest(request)
       if (!checked.ok) return checked
-      const firmware = await deps.firmware.get(request.firmware_id)
-      if (firmware === undefined) return { ok: false, reason: 'firmware_not_found' }
+      const { firmware } = checked
       const members = await deps.groupMembers(groupId)
       if (members === undefined) return { ok: false, reason: 'not_found' }
       const rollout: Rollout = { id: randomUUID(), group_id: groupId, firmware_id: firmware.id, version: firmware.version, created_at: now() }
       await repo.insertRollout(rollout)
-      const results = await startMany(members, firmware, { ...request, ttlSeconds: checked.ttlSeconds }, rollout.id)
+      const results = await startMany(members, firmware, checked.request, rollout.id)
       const updates: Update[] = []
       const skipped: Array<{ serial: string, reason: string, message: string }> = []
       for (const [i, result] of results.entries()) {

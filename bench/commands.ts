@@ -35,7 +35,7 @@ import type { Transport } from './lib/brokers.js'
 import { forkBroker, type BrokerKind, type BrokerProcess } from './lib/broker-handle.js'
 import { baselineDevice, connectAll, disconnectAll, shepherdDevice, type Session } from './lib/load.js'
 import {
-  busyMachineWarning, createThrowawayDatabase, loadAverage, machineDescription, resourceWarnings, type ThrowawayDatabase
+  createThrowawayDatabase, machineDescription, printMachineState, type ThrowawayDatabase
 } from './lib/environment.js'
 import { makeBenchFleet } from './lib/fleet.js'
 import { mib, thousands, percentile } from './lib/figures.js'
@@ -620,24 +620,13 @@ console.log('command→reply: from the command\'s scheduled send time (the POST 
   'request→answer: Shepherd POST → 202, baseline publish → PUBACK. round_trip_ms: Shepherd\'s own figure, delivery → reply. ' +
   'replies/s = replies / time from the first scheduled send to the last reply')
 console.log(`target: p99 REST→reply recorded < ${TARGET.p99Ms} ms at ${TARGET.devices} devices and ${TARGET.rate} commands/s, no command lost`)
-console.log(`load average at the start (1/5/15 min): ${loadAverage()}`)
-const busy = busyMachineWarning('CPU µs/command')
-if (busy !== undefined) console.log(`WARNING: ${busy}`)
-for (const warning of resourceWarnings(options.devices)) console.log(`WARNING: ${warning}`)
+printMachineState(options.devices, 'CPU µs/command')
 
-try {
+await guard.run(async () => {
   workDir = await mkdtemp(path.join(os.tmpdir(), 'shepherd-bench-'))
   guard.phase = `making ${options.devices} device identities`
   const { caPath, groups: [devices], elapsedMs } = await makeBenchFleet(workDir, [{ prefix: 'bench', count: options.devices }])
   console.log(`(made ${options.devices} device identities in ${(elapsedMs / 1000).toFixed(1)} s, not timed)`)
   for (const kind of ['shepherd', 'baseline'] as const) results.push(await measure(kind, devices!, caPath))
   report(results)
-  console.log(`load average at the end (1/5/15 min): ${loadAverage()}`)
-  guard.phase = 'cleaning up'
-  await cleanUp()
-  guard.finish()
-} catch (error) {
-  console.error(`\nfailed while ${guard.phase}: ${(error as Error).stack ?? String(error)}`)
-  await cleanUp()
-  process.exit(1)
-}
+})

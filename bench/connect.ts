@@ -15,7 +15,7 @@ import type { Transport } from './lib/brokers.js'
 import { forkBroker, type BrokerKind, type BrokerProcess } from './lib/broker-handle.js'
 import { baselineDevice, connectAll, disconnectAll, shepherdDevice } from './lib/load.js'
 import {
-  busyMachineWarning, createThrowawayDatabase, loadAverage, machineDescription, resourceWarnings, type ThrowawayDatabase
+  createThrowawayDatabase, machineDescription, printMachineState, type ThrowawayDatabase
 } from './lib/environment.js'
 import { makeBenchFleet } from './lib/fleet.js'
 import { mib, percentile } from './lib/figures.js'
@@ -195,12 +195,9 @@ console.log('each broker runs alone in a child process: broker CPU and RSS are t
 console.log('a session is complete once its CONNACK and SUBACK (baseline: also PUBACK) reached the device and the broker published its retained status; ' +
   'sessions/s = sessions / time from the first CONNECT to the last completion. CONNACK latency: from signing the credential to CONNACK, ' +
   'connection set-up and queueing behind the other CONNECTs in flight included')
-console.log(`load average at the start (1/5/15 min): ${loadAverage()}`)
-const busy = busyMachineWarning('CPU µs/session')
-if (busy !== undefined) console.log(`WARNING: ${busy}`)
-for (const warning of resourceWarnings(options.devices)) console.log(`WARNING: ${warning}`)
+printMachineState(options.devices, 'CPU µs/session')
 
-try {
+await guard.run(async () => {
   workDir = await mkdtemp(path.join(os.tmpdir(), 'shepherd-bench-'))
   const fleet = await makeFleet(workDir)
   if (options.database === 'postgres') {
@@ -209,12 +206,4 @@ try {
   }
   for (const kind of ['shepherd', 'baseline'] as const) results.push(await measure(kind, fleet))
   report(results)
-  console.log(`load average at the end (1/5/15 min): ${loadAverage()}`)
-  guard.phase = 'cleaning up'
-  await cleanUp()
-  guard.finish()
-} catch (error) {
-  console.error(`\nfailed while ${guard.phase}: ${(error as Error).stack ?? String(error)}`)
-  await cleanUp()
-  process.exit(1)
-}
+})

@@ -21,7 +21,7 @@ import type { Transport } from './lib/brokers.js'
 import { forkBroker, type BrokerKind, type BrokerProcess } from './lib/broker-handle.js'
 import { baselineDevice, closeOf, connectAll, disconnectAll, shepherdDevice, type Session } from './lib/load.js'
 import {
-  busyMachineWarning, createThrowawayDatabase, loadAverage, machineDescription, resourceWarnings, type ThrowawayDatabase
+  createThrowawayDatabase, machineDescription, printMachineState, type ThrowawayDatabase
 } from './lib/environment.js'
 import { makeBenchFleet } from './lib/fleet.js'
 import { mib, thousands, percentile } from './lib/figures.js'
@@ -348,12 +348,9 @@ console.log('points/s stored = points / time from the first publish to the last 
   `with a resolution of about ${POLL_MS} ms (Shepherd only). publish→PUBACK: Shepherd acknowledges once the points are validated and queued`)
 console.log(`target: ≥ ${thousands(TARGET.pointsPerSecond)} points/s stored end to end, p99 publish→stored < ${TARGET.p99Ms / 1000} s, ` +
   `Shepherd/baseline points/s ≥ ${TARGET.ratio}`)
-console.log(`load average at the start (1/5/15 min): ${loadAverage()}`)
-const busy = busyMachineWarning('CPU µs/point')
-if (busy !== undefined) console.log(`WARNING: ${busy}`)
-for (const warning of resourceWarnings(options.devices)) console.log(`WARNING: ${warning}`)
+printMachineState(options.devices, 'CPU µs/point')
 
-try {
+await guard.run(async () => {
   workDir = await mkdtemp(path.join(os.tmpdir(), 'shepherd-bench-'))
   guard.phase = `making ${options.devices} device identities`
   const { caPath, groups: [devices], elapsedMs } = await makeBenchFleet(workDir, [{ prefix: 'bench', count: options.devices }])
@@ -362,12 +359,4 @@ try {
     for (const kind of ['shepherd', 'baseline'] as const) results.push(await measure(kind, transport, devices!, caPath))
   }
   report(results)
-  console.log(`load average at the end (1/5/15 min): ${loadAverage()}`)
-  guard.phase = 'cleaning up'
-  await cleanUp()
-  guard.finish()
-} catch (error) {
-  console.error(`\nfailed while ${guard.phase}: ${(error as Error).stack ?? String(error)}`)
-  await cleanUp()
-  process.exit(1)
-}
+})

@@ -45,7 +45,7 @@ guard.phase = 'creating the PostgreSQL database'
 const database = await createThrowawayDatabase()
 const dataDir = await mkdtemp(path.join(os.tmpdir(), 'shepherd-bench-rollout-'))
 cleanUp = async () => { await database.drop(); await rm(dataDir, { recursive: true, force: true }) }
-try {
+await guard.run(async () => {
   guard.phase = 'starting the server'
   const caDir = path.join(dataDir, 'ca')
   await writeFleetCa(caDir, await createFleetCa())
@@ -74,7 +74,4 @@ try {
   guard.phase = 'closing'
   await server.close()
   report()
-} finally {
-  guard.finish()
-  await cleanUp()
-}
+})

@@ -82,3 +82,11 @@ export function busyMachineWarning (less: string): string | undefined {
     ? `other processes are busy on this machine; throughput and latency figures will be noisy (${less} less so)`
     : undefined
 }
+
+/** Prints the load average and the warnings a run's figures depend on (`less`: the figure busy machines distort least). */
+export function printMachineState (devices: number, less: string): void {
+  console.log(`load average at the start (1/5/15 min): ${loadAverage()}`)
+  const busy = busyMachineWarning(less)
+  if (busy !== undefined) console.log(`WARNING: ${busy}`)
+  for (const warning of resourceWarnings(devices)) console.log(`WARNING: ${warning}`)
+}

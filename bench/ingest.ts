@@ -1,6 +1,7 @@
 // Metrics ingestion benchmark (prints figures; not a test):
 //   node --import tsx bench/ingest.ts [--devices K] [--transport ws|tcp] [--duration SECONDS] [--inflight N]
 //                                     [--points P] [--qos 0|1] [--concurrency C] [--drain-timeout SECONDS] [--timeout SECONDS]
+//                                     [--profile-dir DIR]
 // K devices publish metrics messages of P points (contract §3) at full speed for SECONDS, each with
 // at most N unacknowledged messages, into Shepherd (METRICS_HANDLERS=postgres on a fresh PostgreSQL
 // database) and then, in the same run, into a bare Aedes whose one in-process subscriber to
@@ -44,6 +45,7 @@ interface Options {
   concurrency: number
   drainTimeoutSeconds: number
   timeoutSeconds: number
+  profileDir: string | undefined
 }
 
 interface Figures {
@@ -75,7 +77,7 @@ interface Figures {
 }
 
 const checks: OptionChecks = optionChecks(`node --import tsx bench/ingest.ts [--devices 1..${MAX_DEVICES}] [--transport ws|tcp] [--duration SECONDS] ` +
-    '[--inflight N] [--points P] [--qos 0|1] [--concurrency C] [--drain-timeout SECONDS] [--timeout SECONDS]')
+    '[--inflight N] [--points P] [--qos 0|1] [--concurrency C] [--drain-timeout SECONDS] [--timeout SECONDS] [--profile-dir DIR]')
 
 function parseOptions (): Options {
   const { values } = parseArgs({
@@ -88,7 +90,8 @@ function parseOptions (): Options {
       qos: { type: 'string', default: '1' },
       concurrency: { type: 'string', default: '100' },
       'drain-timeout': { type: 'string', default: '60' },
-      timeout: { type: 'string', default: '900' }
+      timeout: { type: 'string', default: '900' },
+      'profile-dir': { type: 'string' }
     }
   })
   if (values.transport !== undefined && values.transport !== 'ws' && values.transport !== 'tcp') checks.usage('--transport must be ws or tcp')
@@ -102,7 +105,8 @@ function parseOptions (): Options {
     qos: values.qos === '0' ? 0 : 1,
     concurrency: checks.integer('concurrency', values.concurrency, MAX_DEVICES),
     drainTimeoutSeconds: checks.integer('drain-timeout', values['drain-timeout'], 3600),
-    timeoutSeconds: checks.integer('timeout', values.timeout, 86_400)
+    timeoutSeconds: checks.integer('timeout', values.timeout, 86_400),
+    profileDir: values['profile-dir'] === undefined ? undefined : path.resolve(values['profile-dir'])
   }
 }
 
@@ -209,7 +213,8 @@ async function measure (kind: BrokerKind, transport: Transport, identities: read
     fleetCaPath: caPath,
     databaseUrl: database?.url,
     env: { METRICS_HANDLERS: 'postgres', LOG_LEVEL: 'warn' },
-    metricsSubscriber: kind === 'baseline'
+    metricsSubscriber: kind === 'baseline',
+    profileDir: options.profileDir
   })
   live.add(broker)
   guard.phase = `connecting ${identities.length} devices to ${kind}`

@@ -8,6 +8,7 @@ import * as metricPoints from './20261203000004_metric_points.js'
 import * as commands from './20261204000005_commands.js'
 import * as firmware from './20261204000006_firmware.js'
 import * as observers from './20261204000007_observers.js'
+import * as metricPointsLeanIndexes from './20261204000008_metric_points_lean_indexes.js'
 
 export const migrations: ReadonlyArray<readonly [string, Knex.Migration]> = [
   ['20261203000001_groups', groups],
@@ -16,5 +17,6 @@ export const migrations: ReadonlyArray<readonly [string, Knex.Migration]> = [
   ['20261203000004_metric_points', metricPoints],
   ['20261204000005_commands', commands],
   ['20261204000006_firmware', firmware],
-  ['20261204000007_observers', observers]
+  ['20261204000007_observers', observers],
+  ['20261204000008_metric_points_lean_indexes', metricPointsLeanIndexes]
 ]

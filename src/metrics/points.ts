@@ -33,11 +33,16 @@ export interface ValidationOptions {
 // Control characters (C0, DEL, C1) and lone UTF-16 surrogates, which no database text column takes.
 const UNPRINTABLE = /[\p{Cc}\p{Cs}]/u
 // Date and time with seconds optional, fraction optional, and a zone required (no local times).
-const ISO_8601 = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:[.,]\d+)?)?(?:Z|[+-]\d{2}:?\d{2})$/i
+const ISO_8601 = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?(?:Z|([+-])(\d{2}):?(\d{2}))$/i
+const DAYS_IN_MONTH = [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+/** The Gregorian calendar repeats every 400 years: 146,097 days. */
+const GREGORIAN_CYCLE_MS = 146_097 * 86_400_000
+const isLeapYear = (year: number): boolean => year % 4 === 0 && (year % 100 !== 0 || year % 400 === 0)
 
 function isText (value: unknown, maxLength: number, minLength: number): value is string {
   if (typeof value !== 'string' || UNPRINTABLE.test(value)) return false
-  const length = [...value].length // code points, not UTF-16 units
+  // UTF-16 units ≥ code points: count the code points only when the units are over the limit
+  const length = value.length <= maxLength ? value.length : [...value].length
   return length >= minLength && length <= maxLength
 }
 
@@ -47,12 +52,17 @@ export function parseRecordedAt (value: unknown): number | undefined {
   if (typeof value !== 'string') return undefined
   const match = ISO_8601.exec(value)
   if (match === null) return undefined
-  const [year, month, day, hour, minute, second] = match.slice(1, 7).map(part => Number(part ?? 0)) as [number, number, number, number, number, number]
-  // Date.parse rolls 2025-02-30 over to March; a date that does not exist is refused instead
-  const valid = month >= 1 && month <= 12 && day >= 1 && day <= new Date(Date.UTC(year, month, 0)).getUTCDate() &&
-    hour <= 23 && minute <= 59 && second <= 59
-  const ms = Date.parse(value.replace(',', '.'))
-  return valid && Number.isFinite(ms) ? ms : undefined
+  const [year, month, day, hour, minute] = [match[1], match[2], match[3], match[4], match[5]].map(Number) as [number, number, number, number, number]
+  const second = match[6] === undefined ? 0 : Number(match[6])
+  const offsetMinutes = match[8] === undefined ? 0 : Number(match[9]) * 60 + Number(match[10])
+  // computed from the fields, not Date.parse: a date that does not exist (2025-02-30) is refused, not rolled over
+  const daysInMonth = month === 2 && isLeapYear(year) ? 29 : DAYS_IN_MONTH[month - 1]
+  if (daysInMonth === undefined || day < 1 || day > daysInMonth || hour > 23 || minute > 59 || second > 59) return undefined
+  if (match[8] !== undefined && (Number(match[9]) > 23 || Number(match[10]) > 59)) return undefined
+  const millis = match[7] === undefined ? 0 : Number(match[7].slice(0, 3).padEnd(3, '0'))
+  // Date.UTC reads the years 0-99 as 1900-1999, so those go 400 years later and back
+  const utc = year < 100 ? Date.UTC(year + 400, month - 1, day, hour, minute, second, millis) - GREGORIAN_CYCLE_MS : Date.UTC(year, month - 1, day, hour, minute, second, millis)
+  return utc - (match[8] === '-' ? -1 : 1) * offsetMinutes * 60_000
 }
 
 /** Checks one point; answers the MetricPoint or why it is dropped. */

@@ -64,8 +64,12 @@ t.test('recorded_at: unix seconds or ISO-8601 with a zone', async (t) => {
   t.equal(parseRecordedAt('2026-06-01T14:00:00.000+02:00'), now.getTime(), 'offset with milliseconds')
   t.equal(parseRecordedAt('2026-06-01T14:00+0200'), now.getTime(), 'no seconds, compact offset')
   t.equal(parseRecordedAt('2026-06-01T12:00:00,5Z'), now.getTime() + 500, 'comma fraction')
+  t.equal(parseRecordedAt('2026-06-01t12:00:00.123987z'), now.getTime() + 123, 'microseconds cut to milliseconds, lower-case T and Z')
+  t.equal(parseRecordedAt('2026-06-01T01:30:00-10:30'), now.getTime(), 'negative offset with minutes')
+  t.equal(parseRecordedAt('0050-03-01T00:00:00Z'), Date.parse('0050-03-01T00:00:00Z'), 'a year below 100 is that year, not 1950')
   for (const bad of ['2026-06-01T12:00:00', '2026-06-01', 'June 1 2026', '2026-02-30T00:00:00Z', '2026-13-01T00:00:00Z',
-    '2026-06-01T24:00:00Z', '2026-06-01T12:60:00Z', '', '1780000000', null, undefined, Number.NaN, Infinity, {}]) {
+    '2026-06-01T24:00:00Z', '2026-06-01T12:60:00Z', '2026-06-01T12:00:60Z', '2026-06-01T12:00:00+24:00', '2026-06-01T12:00:00+01:60',
+    '1900-02-29T00:00:00Z', '2026-04-31T00:00:00Z', '2026-00-10T00:00:00Z', '2026-06-00T00:00:00Z', '', '1780000000', null, undefined, Number.NaN, Infinity, {}]) {
     t.equal(parseRecordedAt(bad), undefined, `refused: ${String(bad)}`)
     t.equal(reasonOf(point({ recorded_at: bad })), 'invalid_recorded_at', `point refused: ${String(bad)}`)
   }

@@ -104,5 +104,19 @@ for (const database of DATABASES) {
       const list = await ts.api('GET', '/api/devices')
       t.notOk(list.body.items.some((item: Record<string, unknown>) => 'latest_metrics' in item), 'not in the list')
     })
+
+    t.test('extreme values and times are stored exactly', async (t) => {
+      await knex('devices').insert({ serial: 'm-extreme' })
+      const values = [Number.MAX_VALUE, -Number.MIN_VALUE, 1e21, -0.1, 2 ** 53 + 2]
+      const times = [at(0), new Date(Date.parse('1970-01-01T00:00:00.001Z')), new Date(Date.parse('2026-12-01T11:59:59.999Z'))]
+      await createMetricsRepository(knex).storeBatches([{
+        id: randomUUID(),
+        points: values.map((value, i) => point('m-extreme', `v${i}`, value, times[i % times.length]!, i === 0 ? 'quote" back\\slash, {brace}' : null))
+      }])
+      const { items } = await allPages(t, ts, '/api/devices/m-extreme/metrics')
+      t.same(items.map(item => item.value).sort(), [...values].sort())
+      t.same(new Set(items.map(item => item.recorded_at)), new Set(times.map(time => time.toISOString())), 'millisecond times')
+      t.equal(items.find(item => item.name === 'v0')?.unit, 'quote" back\\slash, {brace}', 'text with array-literal syntax')
+    })
   })
 }

@@ -73,6 +73,9 @@ SELECT newest.* FROM names CROSS JOIN LATERAL (
   WHERE p.serial = ? AND p.name = names.name ORDER BY p.recorded_at DESC, p.id DESC LIMIT 1
 ) newest ORDER BY newest.name`
 
+/** The array literal of finite numbers, as pg would send it but without quoting and escaping each element. */
+const numbers = (values: readonly number[]): string => `{${values.join(',')}}`
+
 export function createMetricsRepository (knex: Knex): MetricsRepository {
   return {
     async storeBatches (batches) {
@@ -96,7 +99,7 @@ export function createMetricsRepository (knex: Knex): MetricsRepository {
         }
       })
       // knex's binding types do not admit arrays with nulls; pg and PGlite send them as array literals
-      const bindings = [batches.map(batch => batch.id), n, serial, name, value, unit, recordedMs, receivedMs] as unknown as Knex.RawBinding[]
+      const bindings = [batches.map(batch => batch.id), numbers(n), serial, name, numbers(value), unit, numbers(recordedMs), numbers(receivedMs)] as unknown as Knex.RawBinding[]
       const result = await knex.raw(STORE_SQL, bindings) as { rows: Array<{ stored: number }> }
       return result.rows[0]!.stored
     },

@@ -15,16 +15,16 @@ import os from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { parseArgs } from 'node:util'
-import pg from 'pg'
 import { deviceTopic } from '../src/topics.js'
 import type { DeviceIdentity } from '../src/device-client/device-client.js'
 import type { Transport } from './lib/brokers.js'
 import { forkBroker, type BrokerKind, type BrokerProcess } from './lib/broker-handle.js'
 import { baselineDevice, closeOf, connectAll, disconnectAll, shepherdDevice, type Session } from './lib/load.js'
 import {
-  createThrowawayDatabase, machineDescription, printMachineState, type ThrowawayDatabase
+  createThrowawayDatabase, machineDescription, printMachineState, startPostgresCpu, type ThrowawayDatabase
 } from './lib/environment.js'
 import { makeBenchFleet } from './lib/fleet.js'
+import { startStoredWatcher, type Stored, type StoredWatcher } from './lib/stored-watcher.js'
 import { mib, thousands, percentile } from './lib/figures.js'
 import { guardRun } from './lib/run-guard.js'
 import { optionChecks, type OptionChecks } from './lib/options.js'
@@ -74,6 +74,7 @@ interface Figures {
   rssAfterBytes: number | null
   peakRssBytes: number | null
   loadCpuMicros: number
+  postgresCpuMicros: number
 }
 
 const checks: OptionChecks = optionChecks(`node --import tsx bench/ingest.ts [--devices 1..${MAX_DEVICES}] [--transport ws|tcp] [--duration SECONDS] ` +
@@ -113,16 +114,16 @@ function parseOptions (): Options {
 const options = parseOptions()
 const live = new Set<BrokerProcess>()
 let database: ThrowawayDatabase | undefined
-let databaseClient: pg.Client | undefined
+let databaseWatcher: StoredWatcher | undefined
 let workDir: string | undefined
 /** Filled as each broker's run completes: an aborted run still reports those. */
 const results: Figures[] = []
 
 async function dropDatabase (): Promise<void> {
-  const [client, db] = [databaseClient, database]
-  databaseClient = undefined
+  const [watcher, db] = [databaseWatcher, database]
+  databaseWatcher = undefined
   database = undefined
-  await client?.end().catch(() => {})
+  await watcher?.stop().catch(() => {})
   await db?.drop().catch((error: unknown) => { console.error(`could not drop the benchmark database: ${(error as Error).message}`) })
 }
 
@@ -175,31 +176,6 @@ async function publishAll (sessions: readonly Session[]): Promise<Publishing> {
   return result
 }
 
-interface Stored { points: number, lastAtMs: number | null }
-
-/** Shepherd: reads rows of metric_points added since the last poll; `lastAtMs` is the start of the poll that first saw the newest. */
-function databaseWatcher (client: pg.Client): { poll (): Promise<Stored>, latenciesMs: number[] } {
-  // The postgres handler inserts from one writer, one statement at a time, so ids become visible in order.
-  let lastId = '0'
-  const stored: Stored = { points: 0, lastAtMs: null }
-  const latenciesMs: number[] = []
-  return {
-    latenciesMs,
-    async poll () {
-      const at = Date.now() // the rows this query sees were committed before it began
-      const { rows: [row] } = await client.query<{ points: number, top: string | null, sent: number[] }>(
-        `SELECT count(*)::int AS points, max(id)::text AS top, coalesce(array_agg(value) FILTER (WHERE name = $2), '{}') AS sent
-         FROM metric_points WHERE id > $1`, [lastId, LATENCY_METRIC])
-      if (row?.top == null) return stored
-      lastId = row.top
-      stored.points += row.points
-      stored.lastAtMs = at
-      for (const sent of row.sent) latenciesMs.push(at - Number(sent))
-      return stored
-    }
-  }
-}
-
 async function measure (kind: BrokerKind, transport: Transport, identities: readonly DeviceIdentity[], caPath: string): Promise<Figures> {
   if (kind === 'shepherd') {
     guard.phase = 'creating the PostgreSQL database'
@@ -231,15 +207,15 @@ async function measure (kind: BrokerKind, transport: Transport, identities: read
   }
   let watcher: { poll (): Promise<Stored>, latenciesMs?: number[] }
   if (kind === 'shepherd') {
-    databaseClient = new pg.Client({ connectionString: database!.url })
-    await databaseClient.connect()
-    watcher = databaseWatcher(databaseClient)
+    const stored = databaseWatcher = await startStoredWatcher({ url: database!.url, latencyMetric: LATENCY_METRIC, pollMs: POLL_MS })
+    watcher = { poll: async () => stored.current(), latenciesMs: stored.latenciesMs }
   } else {
     watcher = { poll: async () => { const { messages, lastAtMs } = await broker.received(); return { points: messages * options.points, lastAtMs } } }
   }
 
   const before = await broker.sample('before')
   const loadCpu = process.cpuUsage()
+  const postgresCpu = startPostgresCpu()
   guard.phase = `publishing to ${kind} over ${transport} for ${options.durationSeconds} s`
   let publishing: Publishing | undefined
   const published = publishAll(connected.sessions).then(result => { publishing = result })
@@ -256,6 +232,7 @@ async function measure (kind: BrokerKind, transport: Transport, identities: read
   }
   await published
   const loadCpuUsed = process.cpuUsage(loadCpu)
+  const postgresCpuMicros = postgresCpu()
   const after = await broker.sample('after')
 
   guard.phase = `closing ${kind}`
@@ -279,12 +256,13 @@ async function measure (kind: BrokerKind, transport: Transport, identities: read
     publishingMs: elapsedMs,
     storedMs: stored.lastAtMs === null ? NaN : stored.lastAtMs - startedAtMs,
     pubackMs: pubackMs.sort((a, b) => a - b),
-    storedLatencyMs: watcher.latenciesMs?.sort((a, b) => a - b),
+    storedLatencyMs: watcher.latenciesMs === undefined ? undefined : [...watcher.latenciesMs].sort((a, b) => a - b),
     brokerCpuMicros: after.cpuMicros - before.cpuMicros,
     rssBeforeBytes: before.rssBytes,
     rssAfterBytes: after.rssBytes,
     peakRssBytes: after.peakRssBytes,
-    loadCpuMicros: loadCpuUsed.user + loadCpuUsed.system
+    loadCpuMicros: loadCpuUsed.user + loadCpuUsed.system,
+    postgresCpuMicros
   }
 }
 
@@ -309,6 +287,8 @@ function report (all: readonly Figures[]): void {
     ['broker RSS MiB before → after', f => `${mib(f.rssBeforeBytes)} → ${mib(f.rssAfterBytes)}`],
     ['broker peak RSS MiB (VmHWM)', f => mib(f.peakRssBytes)],
     ['load generator busy (% of core)', f => (f.loadCpuMicros / 10 / f.storedMs).toFixed(0)],
+    ['PostgreSQL CPU µs/point', f => (f.postgresCpuMicros / f.storedPoints).toFixed(1)],
+    ['PostgreSQL busy (% of one core)', f => (f.postgresCpuMicros / 10 / f.storedMs).toFixed(0)],
     ['errors-topic reports', f => String(f.errorReports)]
   ]
   const width = Math.max(...rows.map(([label]) => label.length)) + 2
@@ -344,10 +324,11 @@ console.log(`workload: ${options.devices} devices, each publishing for ${options
   `drain timeout ${options.drainTimeoutSeconds} s, timeout ${options.timeoutSeconds} s`)
 console.log(`machine: ${machineDescription()}`)
 console.log('Shepherd: METRICS_HANDLERS=postgres on a fresh PostgreSQL database (127.0.0.1:5432) per transport; stored = rows in metric_points, ' +
-  `polled every ${POLL_MS} ms`)
+  `polled every ${POLL_MS} ms from a worker thread (the load generator's busy event loop would delay the polls)`)
 console.log('baseline: bare Aedes (stock in-memory persistence, no hooks) on the same transport, with one in-process subscriber to ' +
   'shepherd/devices/+/metrics that only counts; stored = messages it received × points per message')
-console.log('each broker runs alone in a child process: broker CPU and RSS are that process\'s own; this process (mqtt.js clients) is the load generator')
+console.log('each broker runs alone in a child process: broker CPU and RSS are that process\'s own; this process (mqtt.js clients) is the load generator; ' +
+  'PostgreSQL CPU is that of every postgres process on this machine (the benchmark\'s own polling included) while publishing and storing')
 console.log('points/s stored = points / time from the first publish to the last point stored. publish→stored: one point per message ' +
   `(${LATENCY_METRIC}) carries its publish time; its latency is taken at the start of the first poll that sees its row, so it is an upper bound ` +
   `with a resolution of about ${POLL_MS} ms (Shepherd only). publish→PUBACK: Shepherd acknowledges once the points are validated and queued`)

@@ -1,7 +1,7 @@
 // What the benchmarks need from the machine: enough file descriptors and ephemeral ports for N
 // sockets on each side (warnings when short), a throwaway PostgreSQL database, and a description
 // of the machine and how busy it is.
-import { readFileSync } from 'node:fs'
+import { readdirSync, readFileSync } from 'node:fs'
 import os from 'node:os'
 import { execFileSync } from 'node:child_process'
 import pg from 'pg'
@@ -89,4 +89,37 @@ export function printMachineState (devices: number, less: string): void {
   const busy = busyMachineWarning(less)
   if (busy !== undefined) console.log(`WARNING: ${busy}`)
   for (const warning of resourceWarnings(devices)) console.log(`WARNING: ${warning}`)
+}
+
+/** Clock ticks per second of /proc/<pid>/stat's CPU fields (USER_HZ: 100 on Linux's supported architectures). */
+const USER_HZ = 100
+
+/** CPU ticks (user + system) of each PostgreSQL process now running on this machine, by pid; empty where /proc cannot tell. */
+function postgresTicks (): Map<number, number> {
+  const ticks = new Map<number, number>()
+  let pids: string[]
+  try { pids = readdirSync('/proc').filter(name => /^\d+$/.test(name)) } catch { return ticks }
+  for (const pid of pids) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+      const close = stat.lastIndexOf(')')
+      if (!stat.slice(stat.indexOf('(') + 1, close).startsWith('postgres')) continue
+      const fields = stat.slice(close + 2).split(' ') // from field 3 (state) on
+      ticks.set(Number(pid), Number(fields[11]) + Number(fields[12])) // utime, stime
+    } catch {} // the process ended meanwhile
+  }
+  return ticks
+}
+
+/**
+ * Measures the CPU the local PostgreSQL spends from now until the returned function is called
+ * (µs): server and backends, those started meanwhile too; a backend that ended meanwhile is missed.
+ */
+export function startPostgresCpu (): () => number {
+  const before = postgresTicks()
+  return () => {
+    let total = 0
+    for (const [pid, ticks] of postgresTicks()) total += ticks - (before.get(pid) ?? 0)
+    return total * 1_000_000 / USER_HZ
+  }
 }

@@ -105,7 +105,7 @@ export function createMetricsRepository (knex: Knex): MetricsRepository {
     },
 
     async listPoints ({ serial, name, since, until, before, limit }) {
-      const pointsOf = (query: Knex.QueryBuilder): Knex.QueryBuilder => {
+      const pageQuery = (query: Knex.QueryBuilder): Knex.QueryBuilder => {
         query.from('metric_points')
           .where({ serial })
           .orderBy([{ column: 'recorded_at', order: 'desc' }, { column: 'id', order: 'desc' }])
@@ -121,9 +121,9 @@ export function createMetricsRepository (knex: Knex): MetricsRepository {
       }
       // Without a name, the newest `limit` of each name, merged: the one index serves both.
       const rows = name !== undefined
-        ? await pointsOf(knex.queryBuilder()).where({ name }) as StoredPoint[]
+        ? await pageQuery(knex.queryBuilder()).where({ name }) as StoredPoint[]
         : (await knex.raw(`${NAMES_CTE} SELECT page.* FROM names CROSS JOIN LATERAL ? page ORDER BY page.recorded_at DESC, page.id DESC LIMIT ?`,
-            [serial, serial, pointsOf(knex.queryBuilder()).whereRaw('name = names.name'), limit]) as { rows: StoredPoint[] }).rows
+            [serial, serial, pageQuery(knex.queryBuilder()).whereRaw('name = names.name'), limit]) as { rows: StoredPoint[] }).rows
       return rows.map(row => ({ ...row, id: String(row.id), value: Number(row.value) }))
     },
 
@@ -133,6 +133,7 @@ export function createMetricsRepository (knex: Knex): MetricsRepository {
     },
 
     async prunePoints (cutoff, limit) {
+      // by ctid: metric_points has no index on id (see the lean-indexes migration)
       const result = await knex.raw(`WITH doomed AS (
           DELETE FROM metric_points WHERE ctid = ANY (ARRAY(SELECT ctid FROM metric_points WHERE recorded_at < ? LIMIT ?)) RETURNING 1
         ) SELECT count(*)::int AS deleted FROM doomed`, [cutoff, limit]) as { rows: Array<{ deleted: number }> }

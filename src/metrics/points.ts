@@ -52,17 +52,24 @@ export function parseRecordedAt (value: unknown): number | undefined {
   if (typeof value !== 'string') return undefined
   const match = ISO_8601.exec(value)
   if (match === null) return undefined
-  const [year, month, day, hour, minute] = [match[1], match[2], match[3], match[4], match[5]].map(Number) as [number, number, number, number, number]
+  const year = Number(match[1])
+  const month = Number(match[2])
+  const day = Number(match[3])
+  const hour = Number(match[4])
+  const minute = Number(match[5])
   const second = match[6] === undefined ? 0 : Number(match[6])
-  const offsetMinutes = match[8] === undefined ? 0 : Number(match[9]) * 60 + Number(match[10])
+  const zoned = match[8] !== undefined
+  const offsetHours = zoned ? Number(match[9]) : 0
+  const offsetMinutes = zoned ? Number(match[10]) : 0
   // computed from the fields, not Date.parse: a date that does not exist (2025-02-30) is refused, not rolled over
   const daysInMonth = month === 2 && isLeapYear(year) ? 29 : DAYS_IN_MONTH[month - 1]
   if (daysInMonth === undefined || day < 1 || day > daysInMonth || hour > 23 || minute > 59 || second > 59) return undefined
-  if (match[8] !== undefined && (Number(match[9]) > 23 || Number(match[10]) > 59)) return undefined
-  const millis = match[7] === undefined ? 0 : Number(match[7].slice(0, 3).padEnd(3, '0'))
+  if (offsetHours > 23 || offsetMinutes > 59) return undefined
+  const fraction = match[7]
+  const millis = fraction === undefined ? 0 : fraction.length >= 3 ? Number(fraction.slice(0, 3)) : Number(fraction) * 10 ** (3 - fraction.length)
   // Date.UTC reads the years 0-99 as 1900-1999, so those go 400 years later and back
   const utc = year < 100 ? Date.UTC(year + 400, month - 1, day, hour, minute, second, millis) - GREGORIAN_CYCLE_MS : Date.UTC(year, month - 1, day, hour, minute, second, millis)
-  return utc - (match[8] === '-' ? -1 : 1) * offsetMinutes * 60_000
+  return utc - (match[8] === '-' ? -1 : 1) * (offsetHours * 60 + offsetMinutes) * 60_000
 }
 
 /** Checks one point; answers the MetricPoint or why it is dropped. */

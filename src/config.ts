@@ -129,6 +129,7 @@ export function loadConfig (env: Env = process.env, overrides: Partial<Config> =
   }
   const publicUrl = url('PUBLIC_URL', ['http:', 'https:'])?.replace(/\/+$/, '')
   const dataDir = path.resolve(read('DATA_DIR') ?? './data')
+  const mqttPasswordFile = read('MQTT_PASSWORD_FILE')
 
   const config: Config = {
     production: read('NODE_ENV') === 'production',
@@ -159,7 +160,7 @@ export function loadConfig (env: Env = process.env, overrides: Partial<Config> =
     firmwareMaxBytes: integer('FIRMWARE_MAX_SIZE', 1024 ** 3, 1, 64 * 1024 ** 3),
     firmwareUrlTtlSeconds: integer('FIRMWARE_URL_TTL', 3600, 60, 7 * 86_400),
     updateStageTimeoutSeconds: integer('UPDATE_STAGE_TIMEOUT', 3600, 10, 7 * 86_400),
-    mqttPasswordFile: read('MQTT_PASSWORD_FILE') === undefined ? undefined : path.resolve(read('MQTT_PASSWORD_FILE')!),
+    mqttPasswordFile: mqttPasswordFile === undefined ? undefined : path.resolve(mqttPasswordFile),
     ...overrides
   }
   if (problems.length > 0) throw new ConfigError(problems)

@@ -23,8 +23,10 @@ export function pageOf<T> (rows: T[], limit: number, keyOf: (row: T) => string):
   return { items, next_cursor: rows.length > limit ? encodeCursor(keyOf(items.at(-1)!)) : null }
 }
 
-/** A keyset of a time and a uuid (lists newest first): the one encoded in `cursor`, if any. */
-export function beforeTimeKey (cursor: string | undefined): { at: Date, id: string } | undefined {
+/** A position in a list ordered newest first by a time and then a uuid. */
+export interface TimeKey { at: Date, id: string }
+
+function beforeTimeKey (cursor: string | undefined): TimeKey | undefined {
   const key = afterCursor(cursor)
   if (key === undefined) return undefined
   const match = /^(\d{1,15})\|([0-9a-f-]{36})$/.exec(key)
@@ -32,4 +34,13 @@ export function beforeTimeKey (cursor: string | undefined): { at: Date, id: stri
   return { at: new Date(Number(match[1])), id: match[2]! }
 }
 
-export const timeKeyOf = (at: Date, id: string): string => `${at.getTime()}|${id}`
+/**
+ * One page of a list ordered newest first by (`timeOf`, id): `read` is asked for the rows before
+ * the cursor's position, one more than the page holds. Throws InvalidCursor for a cursor this
+ * server did not issue.
+ */
+export async function pageByTime<T extends { id: string }> (
+  cursor: string | undefined, limit: number, timeOf: (row: T) => Date, read: (before: TimeKey | undefined, rows: number) => Promise<T[]>
+): Promise<Page<T>> {
+  return pageOf(await read(beforeTimeKey(cursor), limit + 1), limit, row => `${timeOf(row).getTime()}|${row.id}`)
+}

@@ -15,7 +15,6 @@ export type CheckedRequest =
 
 type PayloadRule = (payload: Record<string, unknown>) => { field: string, message: string } | undefined
 
-
 /** Allows only `keys`, each checked by its rule (a message when it is wrong). */
 function fields (rules: Record<string, { required?: boolean, check: (value: unknown) => string | undefined }>): PayloadRule {
   return (payload) => {

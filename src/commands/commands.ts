@@ -8,7 +8,7 @@ import { randomUUID } from 'node:crypto'
 import type { EventSink } from '../events/events.js'
 import { createKeyedQueue } from '../keyed-queue.js'
 import type { Logger } from '../logger.js'
-import { beforeTimeKey, pageOf, timeKeyOf, type Page } from '../paging.js'
+import { pageByTime, type Page } from '../paging.js'
 import type { Publish } from '../ports.js'
 import { deviceTopic } from '../topics.js'
 import { checkCommandRequest, parseReply, sameRequest, type CommandRequest } from './command-request.js'
@@ -188,10 +188,7 @@ export function createCommands (deps: CommandsDeps) {
 
     /** Throws InvalidCursor for a cursor this server did not issue. */
     async listForDevice (serial: string, options: { state?: CommandState, cursor?: string, limit: number }): Promise<Page<Command>> {
-      const key = beforeTimeKey(options.cursor)
-      const before = key === undefined ? undefined : { issuedAt: key.at, id: key.id }
-      const rows = await repo.listForDevice(serial, { state: options.state, before, limit: options.limit + 1 })
-      return pageOf(rows, options.limit, command => timeKeyOf(command.issued_at, command.id))
+      return await pageByTime(options.cursor, options.limit, command => command.issued_at, async (before, limit) => await repo.listForDevice(serial, { state: options.state, before, limit }))
     },
 
     /** A group fan-out with its commands counted by state; undefined when it is not that group's. */

@@ -1,5 +1,6 @@
 // Plain command records and the repository port the commands domain depends on. Implemented by
 // storage/repos/commands-repo.ts; the domain never sees knex.
+import type { TimeKey } from '../paging.js'
 
 export const COMMAND_NAMES = ['reboot', 'identify', 'ping', 'update'] as const
 export type CommandName = typeof COMMAND_NAMES[number]
@@ -58,7 +59,7 @@ export interface CommandRepository {
   insertBatch (batch: CommandBatch, commands: NewCommand[]): Promise<{ batch: CommandBatch, commands: Command[], inserted: boolean }>
   find (id: string): Promise<Command | undefined>
   /** A device's commands, newest first, before the keyset `before`. */
-  listForDevice (serial: string, options: { state?: CommandState, before?: { issuedAt: Date, id: string }, limit: number }): Promise<Command[]>
+  listForDevice (serial: string, options: { state?: CommandState, before?: TimeKey, limit: number }): Promise<Command[]>
   /** Marks the device's queued and sent commands that have not expired at `now` as sent at `now`; answers them oldest first. */
   takeDeliverable (serial: string, now: Date): Promise<Command[]>
   /** Records a reply to an open command of this device. */

@@ -4,7 +4,7 @@
 import { randomUUID } from 'node:crypto'
 import semver from 'semver'
 import type { Logger } from '../logger.js'
-import { beforeTimeKey, pageOf, timeKeyOf, type Page } from '../paging.js'
+import { pageByTime, type Page } from '../paging.js'
 import type { Firmware, FirmwareMeta, FirmwareRepository, FirmwareStorage, StagedFile } from './types.js'
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$/
@@ -88,10 +88,7 @@ export function createFirmwareStore (deps: { repo: FirmwareRepository, storage: 
 
     /** Throws InvalidCursor for a cursor this server did not issue. */
     async list (options: { target?: string, cursor?: string, limit: number }): Promise<Page<Firmware>> {
-      const key = beforeTimeKey(options.cursor)
-      const before = key === undefined ? undefined : { createdAt: key.at, id: key.id }
-      const rows = await repo.list({ target: options.target, before, limit: options.limit + 1 })
-      return pageOf(rows, options.limit, firmware => timeKeyOf(firmware.created_at, firmware.id))
+      return await pageByTime(options.cursor, options.limit, firmware => firmware.created_at, async (before, limit) => await repo.list({ target: options.target, before, limit }))
     },
 
     /** Deletes the record and its file, unless an update in progress uses it. Finished updates keep what they installed. */

@@ -2,6 +2,7 @@
 // storage (storage/firmware-files.ts, local disk; S3-compatible storage would implement the same)
 // and the repositories (storage/repos/firmware-repo.ts). The domain never sees knex or fs.
 import type { Readable } from 'node:stream'
+import type { TimeKey } from '../paging.js'
 
 export interface Firmware {
   id: string
@@ -90,7 +91,7 @@ export interface FirmwareRepository {
   find (id: string): Promise<Firmware | undefined>
   findDuplicate (meta: FirmwareMeta, sha256?: string): Promise<Firmware | undefined>
   /** Newest first, before the keyset `before`. */
-  list (options: { target?: string, before?: { createdAt: Date, id: string }, limit: number }): Promise<Firmware[]>
+  list (options: { target?: string, before?: TimeKey, limit: number }): Promise<Firmware[]>
   /** Deletes the record unless an update in progress uses it ('in_use'). */
   delete (id: string): Promise<'deleted' | 'in_use' | 'not_found'>
 }
@@ -110,7 +111,7 @@ export interface UpdateRepository {
   find (id: string): Promise<Update | undefined>
   findActive (serial: string): Promise<Update | undefined>
   findActiveMany (serials: string[]): Promise<Update[]>
-  listForDevice (serial: string, options: { before?: { createdAt: Date, id: string }, limit: number }): Promise<Update[]>
+  listForDevice (serial: string, options: { before?: TimeKey, limit: number }): Promise<Update[]>
   /** Applies a report to the device's update while it is in progress; undefined when it is not. */
   report (serial: string, id: string, change: { state: UpdateState, progress: number | null, error: string | null, failure_reason: FailureReason | null }, at: Date): Promise<Update | undefined>
   /** Fails updates in progress that went quiet too long, or were never started before they expired. */

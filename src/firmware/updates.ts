@@ -15,7 +15,7 @@ import type { EventSink } from '../events/events.js'
 import { createKeyedQueue } from '../keyed-queue.js'
 import { parseJsonObject } from '../json-payload.js'
 import type { Logger } from '../logger.js'
-import { beforeTimeKey, pageOf, timeKeyOf, type Page } from '../paging.js'
+import { pageByTime, type Page } from '../paging.js'
 import type { Publish } from '../ports.js'
 import { deviceTopic } from '../topics.js'
 import type { FirmwareStore } from './firmware-store.js'
@@ -286,9 +286,7 @@ export function createUpdates (deps: UpdatesDeps) {
 
     /** Throws InvalidCursor for a cursor this server did not issue. */
     async listForDevice (serial: string, options: { cursor?: string, limit: number }): Promise<Page<Update>> {
-      const key = beforeTimeKey(options.cursor)
-      const rows = await repo.listForDevice(serial, { before: key === undefined ? undefined : { createdAt: key.at, id: key.id }, limit: options.limit + 1 })
-      return pageOf(rows, options.limit, update => timeKeyOf(update.created_at, update.id))
+      return await pageByTime(options.cursor, options.limit, update => update.created_at, async (before, limit) => await repo.listForDevice(serial, { before, limit }))
     },
 
     /** A group rollout with its updates counted by state; undefined when it is not that group's. */

@@ -10,7 +10,6 @@ import { registerBearerAuth, type TokenVerifier } from './plugins/auth.js'
 import { registerOpenApi } from './plugins/openapi.js'
 import { VERSION } from '../version.js'
 
-
 export interface HttpAppDeps {
   logger: Logger
   broker: Broker

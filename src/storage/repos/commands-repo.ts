@@ -1,6 +1,7 @@
 // knex implementation of the command repository. Every statement runs unchanged on PostgreSQL 15
 // and on PGlite.
 import type { Knex } from 'knex'
+import { newestFirst } from './keyset.js'
 import { COMMAND_STATES, type BatchCounts, type Command, type CommandBatch, type CommandRepository, type CommandState, type NewCommand } from '../../commands/types.js'
 
 const OPEN: readonly CommandState[] = ['queued', 'sent']
@@ -55,9 +56,8 @@ export function createCommandRepository (knex: Knex): CommandRepository {
     },
 
     async listForDevice (serial, { state, before, limit }) {
-      const query = commands().where({ serial }).orderBy([{ column: 'issued_at', order: 'desc' }, { column: 'id', order: 'desc' }]).limit(limit)
+      const query = newestFirst(commands().where({ serial }), 'issued_at', before, limit)
       if (state !== undefined) query.where({ state })
-      if (before !== undefined) query.whereRaw('(issued_at, id) < (?::timestamptz, ?::uuid)', [before.issuedAt.toISOString(), before.id])
       return (await query as CommandRow[]).map(commandOf)
     },
 

@@ -1,6 +1,7 @@
 // knex implementation of the firmware and update repositories. Every statement runs unchanged on
 // PostgreSQL 15 and on PGlite.
 import type { Knex } from 'knex'
+import { newestFirst } from './keyset.js'
 import {
   ACTIVE_UPDATE_STATES, UPDATE_STATES, type Firmware, type FirmwareRepository, type Rollout, type RolloutCounts, type Update, type UpdateRepository
 } from '../../firmware/types.js'
@@ -44,9 +45,8 @@ export function createFirmwareRepository (knex: Knex): FirmwareRepository {
     },
 
     async list ({ target, before, limit }) {
-      const query = firmware().orderBy([{ column: 'created_at', order: 'desc' }, { column: 'id', order: 'desc' }]).limit(limit)
+      const query = newestFirst(firmware(), 'created_at', before, limit)
       if (target !== undefined) void query.where({ target })
-      if (before !== undefined) void query.whereRaw('(created_at, id) < (?::timestamptz, ?::uuid)', [before.createdAt.toISOString(), before.id])
       return (await query as FirmwareRow[]).map(firmwareOf)
     },
 
@@ -114,8 +114,7 @@ export function createUpdateRepository (knex: Knex): UpdateRepository {
     },
 
     async listForDevice (serial, { before, limit }) {
-      const query = updates().where({ serial }).orderBy([{ column: 'created_at', order: 'desc' }, { column: 'id', order: 'desc' }]).limit(limit)
-      if (before !== undefined) void query.whereRaw('(created_at, id) < (?::timestamptz, ?::uuid)', [before.createdAt.toISOString(), before.id])
+      const query = newestFirst(updates().where({ serial }), 'created_at', before, limit)
       return (await query as UpdateRow[]).map(updateOf)
     },
 

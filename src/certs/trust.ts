@@ -1,7 +1,8 @@
 // Checks device certificates against the Fleet CA with node:crypto. Parsing a certificate and
 // verifying its chain's signatures is the expensive part of a connect, so that verdict for a given
-// set of DER bytes is cached (keyed by SHA-256); validity dates of the certificate and of its
-// intermediates are compared with the clock by the caller on every connect.
+// leaf and chain is cached (keyed by SHA-256 over each part with its length: unambiguous, so no
+// other leaf and chain can share a real device's entry); validity dates of the certificate and of
+// its intermediates are compared with the clock by the caller on every connect.
 import { X509Certificate, createHash, verify as verifySignature, type KeyObject } from 'node:crypto'
 
 export type CertificateCheck =
@@ -38,6 +39,13 @@ export function commonNameOf (certificate: X509Certificate): string | undefined 
   return names.length === 1 ? names[0] : undefined
 }
 
+/** node:crypto parses a certificate followed by anything; one DER certificate and nothing else is accepted. */
+function parseExactly (der: Buffer, what: string): X509Certificate {
+  const certificate = new X509Certificate(der)
+  if (certificate.raw.length !== der.length) throw new Error(`${what} has ${der.length - certificate.raw.length} bytes after its DER encoding`)
+  return certificate
+}
+
 function isIssuedBy (child: X509Certificate, issuer: X509Certificate): boolean {
   return child.checkIssued(issuer) && child.verify(issuer.publicKey)
 }
@@ -54,19 +62,21 @@ export function createFleetTrust (caPem: string, options: { cacheSize?: number }
     return check
   }
 
-  function verifyUncached (leafDer: Buffer, chainDer: readonly Buffer[]): CertificateCheck {
+  /** The verdict, and whether it may be cached: input that does not parse is not (junk must not push real devices out). */
+  function verifyUncached (leafDer: Buffer, chainDer: readonly Buffer[]): { check: CertificateCheck, cacheable: boolean } {
     let leaf: X509Certificate
     let intermediates: X509Certificate[]
     try {
-      leaf = new X509Certificate(leafDer)
-      intermediates = chainDer.map(der => new X509Certificate(der))
+      leaf = parseExactly(leafDer, 'the certificate')
+      intermediates = chainDer.map((der, i) => parseExactly(der, `chain[${i}]`))
     } catch (error) {
-      return { ok: false, detail: `does not parse as X.509: ${(error as Error).message}` }
+      return { check: { ok: false, detail: `does not parse as X.509: ${(error as Error).message}` }, cacheable: false }
     }
-    if (leaf.publicKey.asymmetricKeyType !== 'ec') {
-      return { ok: false, detail: 'the certificate key is not an EC key' }
+    const key = leaf.publicKey
+    if (key.asymmetricKeyType !== 'ec' || key.asymmetricKeyDetails?.namedCurve !== 'prime256v1') {
+      return { check: { ok: false, detail: 'the certificate key is not an ECDSA P-256 key' }, cacheable: true }
     }
-    return {
+    return { cacheable: true, check: {
       ok: true,
       certificate: {
         commonName: commonNameOf(leaf),
@@ -78,7 +88,7 @@ export function createFleetTrust (caPem: string, options: { cacheSize?: number }
         chainNotBefore: Math.max(0, ...intermediates.map(c => Date.parse(c.validFrom))),
         chainNotAfter: Math.min(8.64e15, ...intermediates.map(c => Date.parse(c.validTo)))
       }
-    }
+    } }
   }
 
   function chainError (links: readonly X509Certificate[]): string | undefined {
@@ -95,12 +105,17 @@ export function createFleetTrust (caPem: string, options: { cacheSize?: number }
   return {
     caCertificate: ca,
     checkCertificate (leafDer, chainDer) {
-      const hash = createHash('sha256').update(leafDer)
-      for (const der of chainDer) hash.update(der)
+      const hash = createHash('sha256')
+      for (const der of [leafDer, ...chainDer]) {
+        const length = Buffer.allocUnsafe(4)
+        length.writeUInt32BE(der.length)
+        hash.update(length).update(der)
+      }
       const key = hash.digest('base64')
       const cached = cache.get(key)
       if (cached !== undefined) return cached
-      return remember(key, verifyUncached(leafDer, chainDer))
+      const { check, cacheable } = verifyUncached(leafDer, chainDer)
+      return cacheable ? remember(key, check) : check
     },
     verifySignature (certificate, message, signature) {
       const dsaEncoding = signature.length === 64 ? 'ieee-p1363' : 'der'

@@ -2,7 +2,9 @@
 // with src/certs/pki.ts, the memory replay guard and an in-test DeviceAdmission, on a controlled
 // clock. Each refusal reason, the order of the ten checks, and the accepted credential forms.
 import t, { type Test } from 'tap'
-import { createHash, createPrivateKey, createPublicKey, sign, verify, X509Certificate } from 'node:crypto'
+import { createHash, createPrivateKey, createPublicKey, sign, verify, webcrypto, X509Certificate } from 'node:crypto'
+import 'reflect-metadata' // before @peculiar/x509
+import * as x509 from '@peculiar/x509'
 import {
   createDeviceAuthenticator, parseDeviceCredential, MAX_PASSWORD_BYTES, REFUSAL_RETURN_CODES,
   type DeviceAdmission, type Verdict
@@ -277,6 +279,36 @@ t.test('check 5: an intermediate that expires later is refused from then on, des
   t.ok(accepted.ok, 'accepted while the intermediate is in date (and now cached)')
   clockMs = (T0 + 400 * 86_400) * 1000
   refusedWith(t, await connect(device.serial, credentialOf(device, { timestamp: clockMs / 1000 })), 'untrusted_certificate', device.serial)
+})
+
+t.test('check 4: one DER certificate per field, nothing after it; the cache cannot be poisoned for a real leaf and chain', async (t) => {
+  const { connect } = setup()
+  const device = await pki.deviceViaIntermediate(uniqueSerial())
+  const intermediate = device.chain![0]!
+  const base = credentialOf(device, { timestamp: T0 })
+  // leaf‖intermediate without a chain hashed like the real (leaf, [intermediate]) and, refused as
+  // untrusted, shut the real device out while the verdict stayed cached
+  refusedWith(t, await connect(device.serial, { ...base, cert: Buffer.concat([device.certDer, intermediate]).toString('base64'), chain: undefined }), 'bad_certificate', device.serial)
+  refusedWith(t, await connect(device.serial, { ...base, cert: Buffer.concat([device.certDer, Buffer.from([0])]).toString('base64') }), 'bad_certificate', device.serial)
+  refusedWith(t, await connect(device.serial, { ...base, chain: [Buffer.concat([intermediate, Buffer.from('x')]).toString('base64')] }), 'bad_certificate', device.serial)
+  const accepted = await connect(device.serial, base)
+  t.ok(accepted.ok, 'the real leaf and chain are accepted after those attempts')
+  t.equal(accepted.ok && accepted.certificate.fingerprint, createHash('sha256').update(device.certDer).digest('hex'), 'the fingerprint is that of the DER certificate')
+})
+
+t.test('check 4: a certificate whose key is not ECDSA P-256 → bad_certificate (4)', async (t) => {
+  const { connect } = setup()
+  const serial = uniqueSerial()
+  const keys = await webcrypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-384' }, true, ['sign', 'verify'])
+  const certificate = await x509.X509CertificateGenerator.create({
+    serialNumber: '01', subject: `CN=${serial}`, issuer: pki.ca.certificate.subject, notBefore: new Date(clockMs - 60_000), notAfter: new Date(clockMs + 86_400_000),
+    publicKey: keys.publicKey, signingKey: pki.ca.privateKey, signingAlgorithm: { name: 'ECDSA', hash: 'SHA-256' }
+  })
+  const privateKey = createPrivateKey({ key: Buffer.from(await webcrypto.subtle.exportKey('pkcs8', keys.privateKey)), format: 'der', type: 'pkcs8' })
+  const signature = sign('sha256', Buffer.from(`${serial}:${T0}`), privateKey)
+  const verdict = await connect(serial, { timestamp: T0, signature: signature.toString('base64'), cert: Buffer.from(certificate.rawData).toString('base64') })
+  refusedWith(t, verdict, 'bad_certificate', serial)
+  t.match(!verdict.ok && verdict.detail, /P-256/, 'the detail names the curve')
 })
 
 t.test('check 6: the subject CN equals the serial → cn_mismatch (4)', async (t) => {

@@ -72,6 +72,8 @@ export interface ServerOptions {
   expiryIntervalMs?: number
   /** How often the $SYS topics are refreshed (default 10 s). */
   sysIntervalMs?: number
+  /** Bytes waiting to be sent to an MQTT connection before it is closed as not reading (default 8 MiB). */
+  mqttMaxBufferedBytes?: number
 }
 
 export interface ShepherdServer {
@@ -203,7 +205,9 @@ export async function createServer (config: Config, options: ServerOptions = {})
       id: nodeId,
       redisUrl: config.redisUrl,
       packetLimits: { beforeAuthentication: PRE_AUTH_PACKET_BYTES, afterAuthentication: config.mqttMaxPacketBytes },
-      heartbeatIntervalMs: options.heartbeatIntervalMs
+      heartbeatIntervalMs: options.heartbeatIntervalMs,
+      maxBufferedBytes: options.mqttMaxBufferedBytes,
+      onSlowReader: (client, bufferedBytes) => { logger.warn({ clientId: client.id, buffered_bytes: bufferedBytes, reason: 'not_reading' }, 'MQTT connection closed: it stopped reading what it is sent') }
     }, gateway.hooks, gateway.beforeListen, gateway.isAuthenticated)
     const startedBroker = broker
     cleanups.push(() => startedBroker.close())

@@ -12,6 +12,7 @@ import { Redis } from 'ioredis'
 import type { Publish } from '../ports.js'
 import { withRetainedIndex, type RetainedPersistence } from './retained-index.js'
 import { limitPacketSize, type PacketLimits } from './packet-limit.js'
+import { MAX_BUFFERED_BYTES, neverWaitForDrain } from './slow-readers.js'
 
 export interface BrokerSettings {
   /** This node's id: Aedes's broker id, also stored as the node holding a device's connection. */
@@ -20,6 +21,10 @@ export interface BrokerSettings {
   packetLimits: PacketLimits
   /** How often nodes announce themselves; a node silent for 3 intervals is considered gone. */
   heartbeatIntervalMs?: number
+  /** Bytes waiting to be sent to a connection before it is closed as not reading (default 8 MiB). */
+  maxBufferedBytes?: number
+  /** A connection closed because it stopped reading. */
+  onSlowReader? (client: Client, bufferedBytes: number): void
 }
 
 /** Hooks and handlers installed before the broker starts listening. */
@@ -101,6 +106,7 @@ export async function createBroker (settings: BrokerSettings, hooks: BrokerHooks
       const request = remoteAddress === undefined ? undefined : { socket: { remoteAddress } } as unknown as IncomingMessage
       const client = aedes.handle(stream, request)
       limitPacketSize(client, settings.packetLimits, isAuthenticated)
+      neverWaitForDrain(client, settings.maxBufferedBytes ?? MAX_BUFFERED_BYTES, settings.onSlowReader ?? (() => {}))
       return client
     },
     liveNodeIds () {

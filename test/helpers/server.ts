@@ -49,6 +49,7 @@ export interface TestServerOptions {
   heartbeatIntervalMs?: number
   sseHeartbeatMs?: number
   sysIntervalMs?: number
+  mqttMaxBufferedBytes?: number
   /** Keep the database after close (to restart on it). */
   keepDatabase?: boolean
 }
@@ -104,7 +105,8 @@ export async function startTestServer (t: Test, options: TestServerOptions = {})
     inMemoryDatabase: databaseUrl === undefined,
     heartbeatIntervalMs: options.heartbeatIntervalMs,
     sseHeartbeatMs: options.sseHeartbeatMs,
-    sysIntervalMs: options.sysIntervalMs
+    sysIntervalMs: options.sysIntervalMs,
+    mqttMaxBufferedBytes: options.mqttMaxBufferedBytes
   })
   const { httpPort, mqttPort } = await server.listen({ http: 0, mqtt: 0 })
   let closed = false

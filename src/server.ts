@@ -176,6 +176,7 @@ export async function createServer (config: Config, options: ServerOptions = {})
     let updatesForCommands: Updates | undefined
     const commands = createCommands({
       repo: createCommandRepository(db.knex), findDevice: serial => repo.find(serial), groupMembers: id => groupRepo.members(id), publish, events, logger,
+      announceQueued: serials => revocations.announceCommandQueued(serials),
       payloadForDelivery: async command => updatesForCommands === undefined ? command.payload : await updatesForCommands.commandPayload(command)
     })
     const firmwareStore = createFirmwareStore({
@@ -198,8 +199,8 @@ export async function createServer (config: Config, options: ServerOptions = {})
       observers: { verify: observers.verify, isDevice: async clientId => await repo.find(clientId) !== undefined }
     })
     disconnectDevice = (serial) => { gateway.disconnectDevice(serial, 'revoked') }
-    // a command queued by the CLI (PostgreSQL NOTIFY): the node holding the device delivers it
-    deliverQueuedCommands = (serial) => { if (gateway.isConnectedHere(serial)) void commands.deliverPending(serial) }
+    // commands queued by any node or the CLI (PostgreSQL NOTIFY): the node the device listens on delivers them
+    deliverQueuedCommands = (serial) => { if (gateway.isListeningHere(serial, 'commands')) void commands.deliverQueued(serial) }
 
     broker = await createBroker({
       id: nodeId,

@@ -30,7 +30,7 @@ function commandsOn (db: Database) {
     repo: createCommandRepository(db.knex),
     findDevice: serial => devices.find(serial),
     groupMembers: async () => undefined,
-    announceQueued: serial => createNodeAnnouncer(db).announceCommandQueued(serial),
+    announceQueued: serials => createNodeAnnouncer(db).announceCommandQueued(serials),
     events: discardEvents,
     logger: createLogger('silent')
   })
@@ -77,7 +77,9 @@ export async function command (args: string[], output: Output): Promise<void> {
     throw new CommandError(`device ${serial} is revoked; unrevoke it before sending it commands`)
   }
   const { id, state } = result.command
-  output.out(`command ${id} (${name}) ${state === 'sent' ? `sent to ${serial}` : `queued for ${serial}: delivered when it connects`}`)
+  // stored by the CLI itself, a command is queued: the server holding the device sends it at once
+  const queued = direct ? `queued for ${serial}: delivered now if it is connected, else when it connects` : `queued for ${serial}: delivered when it connects`
+  output.out(`command ${id} (${name}) ${state === 'sent' ? `sent to ${serial}` : queued}`)
   if (!values.wait) return
   if (direct && config.databaseUrl === undefined) {
     throw new CommandError(`no server is running on DATA_DIR=${config.dataDir}; the command waits in the database until one runs and ${serial} connects`)

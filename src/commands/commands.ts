@@ -22,12 +22,14 @@ export interface CommandsDeps {
   findDevice (serial: string): Promise<CommandTarget | undefined>
   /** A group's members; undefined when there is no such group. */
   groupMembers (groupId: number): Promise<CommandTarget[] | undefined>
-  /**
-   * Publishes to devices (a server). Without it (the CLI) commands are queued and `announceQueued`
-   * tells the running servers, which deliver them to devices connected to them.
-   */
+  /** Publishes to devices (a server). Without it (the CLI) every command is queued. */
   publish?: Publish
-  announceQueued? (serial: string): Promise<void>
+  /**
+   * Tells every server (this one too) that commands were queued for these devices: a node holding
+   * one of them delivers at once. A device whose row still says offline may have just connected
+   * (its row is marked online a moment later) or be connected to another node.
+   */
+  announceQueued? (serials: string[]): Promise<void>
   /** The payload to deliver, decided at each delivery (an update's URL is signed anew); undefined: not delivered. */
   payloadForDelivery? (command: Command): Promise<Record<string, unknown> | undefined>
   events: EventSink
@@ -103,11 +105,24 @@ export function createCommands (deps: CommandsDeps) {
     return { ok: true, command }
   }
 
+  function deliverOpen (serial: string, onlyQueued: boolean): Promise<void> {
+    return deliveries.run(serial, async () => {
+      await send(await repo.takeDeliverable(serial, now(), onlyQueued))
+    }).catch((error: unknown) => { logger.error({ serial, err: error }, 'could not deliver queued commands') })
+  }
+
   const ttlOf = (record: { issued_at: Date, expires_at: Date }): number => record.expires_at.getTime() - record.issued_at.getTime()
 
-  async function deliverOrAnnounce (command: Command): Promise<void> {
-    if (command.state === 'sent') await deliveries.run(command.serial, () => send([command]))
-    else if (publish === undefined) await deps.announceQueued?.(command.serial)
+  /** Publishes the commands issued as `sent`, and announces the queued ones. */
+  async function deliverOrAnnounce (commands: Command[]): Promise<void> {
+    const queued = commands.filter(command => command.state === 'queued').map(command => command.serial)
+    await Promise.all([
+      ...commands.filter(command => command.state === 'sent').map(command => deliveries.run(command.serial, () => send([command]))),
+      queued.length === 0 ? undefined : deps.announceQueued?.(queued).catch((error: unknown) => {
+        // still delivered when the device next subscribes
+        logger.warn({ devices: queued.length, err: error }, 'could not announce queued commands')
+      })
+    ])
   }
 
   return {
@@ -126,7 +141,7 @@ export function createCommands (deps: CommandsDeps) {
         return same ? { ok: true, command, replayed: true } : { ok: false, reason: 'idempotency_conflict' }
       }
       logger.info({ serial, command: command.command, id: command.id, state: command.state }, 'command issued')
-      await deliverOrAnnounce(command)
+      await deliverOrAnnounce([command])
       return { ok: true, command, replayed: false }
     },
 
@@ -140,7 +155,7 @@ export function createCommands (deps: CommandsDeps) {
       const expiresAt = new Date(at.getTime() + ttlSeconds * 1000)
       const issued = await repo.insertMany(items.map(item => newCommand(item.target, item, at, expiresAt, { idempotency_key: null, batch_id: null })))
       logger.info({ command: items[0]?.command, devices: issued.length }, 'commands issued')
-      await Promise.all(issued.map(deliverOrAnnounce))
+      await deliverOrAnnounce(issued)
       return issued
     },
 
@@ -165,16 +180,15 @@ export function createCommands (deps: CommandsDeps) {
         return same ? { ok: true, batch, commands, skipped: [], replayed: true } : { ok: false, reason: 'idempotency_conflict' }
       }
       logger.info({ group: groupId, command: batch.command, batch: batch.id, devices: commands.length, skipped: skipped.length }, 'command issued to a group')
-      await Promise.all(commands.map(deliverOrAnnounce))
+      await deliverOrAnnounce(commands)
       return { ok: true, batch, commands, skipped, replayed: false }
     },
 
-    /** The device listens on its commands topic: deliver what is waiting for it, oldest first. */
-    deliverPending (serial: string): Promise<void> {
-      return deliveries.run(serial, async () => {
-        await send(await repo.takeDeliverable(serial, now()))
-      }).catch((error: unknown) => { logger.error({ serial, err: error }, 'could not deliver queued commands') })
-    },
+    /** The device listens on its commands topic: deliver what is waiting for it, oldest first (sent but unanswered ones again). */
+    deliverPending: (serial: string): Promise<void> => deliverOpen(serial, false),
+
+    /** The device listens here and commands were queued for it meanwhile: deliver those. */
+    deliverQueued: (serial: string): Promise<void> => deliverOpen(serial, true),
 
     /** A message on the device's `replies` topic; a device's replies are applied in the order they arrived. */
     recordReply: (serial: string, payload: Buffer): Promise<ReplyResult> => replies.run(serial, () => recordReply(serial, payload)),

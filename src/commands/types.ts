@@ -60,8 +60,11 @@ export interface CommandRepository {
   find (id: string): Promise<Command | undefined>
   /** A device's commands, newest first, before the keyset `before`. */
   listForDevice (serial: string, options: { state?: CommandState, before?: TimeKey, limit: number }): Promise<Command[]>
-  /** Marks the device's queued and sent commands that have not expired at `now` as sent at `now`; answers them oldest first. */
-  takeDeliverable (serial: string, now: Date): Promise<Command[]>
+  /**
+   * Marks the device's queued and sent commands (only the queued ones with `onlyQueued`) that have
+   * not expired at `now` as sent at `now`; answers them oldest first.
+   */
+  takeDeliverable (serial: string, now: Date, onlyQueued?: boolean): Promise<Command[]>
   /** Records a reply to an open command of this device. */
   complete (serial: string, id: string, reply: DeviceReply, at: Date): Promise<CompleteOutcome>
   /** Marks open commands whose expiry has passed as expired; answers how many. */

@@ -360,8 +360,11 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
     beforeListen,
     attach,
     disconnectDevice,
-    /** Whether the device's connection is on this node. */
-    isConnectedHere: (serial: string) => { const client = clientsOf(aedes)[serial]; return client !== undefined && sessions.has(client) },
+    /** Whether the device's connection is on this node and subscribed to this topic of its own. */
+    isListeningHere (serial: string, leaf: 'commands'): boolean {
+      const client = clientsOf(aedes)[serial]
+      return client !== undefined && sessions.has(client) && Object.hasOwn((client as { subscriptions?: Record<string, unknown> }).subscriptions ?? {}, deviceTopic(serial, leaf))
+    },
     isAuthenticated: (client: Client) => sessions.has(client) || observerSessions.has(client),
     /** Device connections ready on this node. */
     connectedDevices: () => readyDevices.size

@@ -12,7 +12,7 @@ const CHANNELS = { revoked: 'shepherd_device_revoked', commandQueued: 'shepherd_
 type Announcement = keyof typeof CHANNELS
 
 export interface NodeAnnouncer extends RevocationAnnouncer {
-  announceCommandQueued (serial: string): Promise<void>
+  announceCommandQueued (serials: string[]): Promise<void>
 }
 
 export interface NodeChannel extends NodeAnnouncer {
@@ -21,19 +21,37 @@ export interface NodeChannel extends NodeAnnouncer {
 
 export type AnnouncementHandlers = Record<Announcement, (serial: string) => void>
 
+// A payload is serials separated by commas (a serial has none), under PostgreSQL's 8000-byte limit.
+const MAX_PAYLOAD_BYTES = 7900
+
+function payloadsOf (serials: readonly string[]): string[] {
+  const payloads: string[] = []
+  let current = ''
+  for (const serial of serials) {
+    if (current !== '' && current.length + 1 + serial.length > MAX_PAYLOAD_BYTES) {
+      payloads.push(current)
+      current = ''
+    }
+    current = current === '' ? serial : `${current},${serial}`
+  }
+  if (current !== '') payloads.push(current)
+  return payloads
+}
+
 /** Announces only (the CLI): no LISTEN connection. */
 export function createNodeAnnouncer (db: Database): NodeAnnouncer {
-  const notify = (announcement: Announcement) => async (serial: string): Promise<void> => {
-    if (db.kind === 'postgres') await db.knex.raw('SELECT pg_notify(?, ?)', [CHANNELS[announcement], serial])
+  const notify = async (announcement: Announcement, serials: readonly string[]): Promise<void> => {
+    if (db.kind !== 'postgres') return
+    for (const payload of payloadsOf([...new Set(serials)])) await db.knex.raw('SELECT pg_notify(?, ?)', [CHANNELS[announcement], payload])
   }
-  return { announceRevoked: notify('revoked'), announceCommandQueued: notify('commandQueued') }
+  return { announceRevoked: serial => notify('revoked', [serial]), announceCommandQueued: serials => notify('commandQueued', serials) }
 }
 
 export async function openNodeChannel (db: Database, handlers: AnnouncementHandlers, logger: Logger): Promise<NodeChannel> {
   if (db.kind !== 'postgres' || db.url === undefined) {
     return {
       announceRevoked: async (serial) => { handlers.revoked(serial) },
-      announceCommandQueued: async (serial) => { handlers.commandQueued(serial) },
+      announceCommandQueued: async (serials) => { for (const serial of new Set(serials)) handlers.commandQueued(serial) },
       close: async () => {}
     }
   }
@@ -43,7 +61,8 @@ export async function openNodeChannel (db: Database, handlers: AnnouncementHandl
   const connect = async (): Promise<void> => {
     const client = new pg.Client({ connectionString: db.url })
     client.on('notification', (message) => {
-      if (message.payload !== undefined) byChannel.get(message.channel)?.(message.payload)
+      const handler = byChannel.get(message.channel)
+      if (handler !== undefined && message.payload !== undefined) for (const serial of message.payload.split(',')) handler(serial)
     })
     client.on('error', (error) => {
       if (closing) return

@@ -43,6 +43,16 @@ t.test('two nodes on one Redis and one PostgreSQL', async (t) => {
     return status?.status === 'online' ? status : undefined
   }), { status: 'online' }, 'the last retained status, shared through Redis, is online')
 
+  // a command issued on node A while the row says offline (the device has just connected to B)
+  const commands: string[] = []
+  second.mqtt.on('message', (topic, payload) => { if (topic.endsWith('/commands')) commands.push(JSON.parse(payload.toString()).id) })
+  await second.mqtt.subscribeAsync(`shepherd/devices/${serial}/commands`, { qos: 1 })
+  await a.server.db.knex('devices').where({ serial }).update({ status: 'offline' })
+  const queued = await a.api('POST', `/api/devices/${serial}/commands`, { body: { command: 'identify' } })
+  t.equal(queued.body.state, 'queued')
+  await eventually(() => commands.includes(queued.body.id), 3000, 'node B delivered the command queued on node A')
+  await a.server.db.knex('devices').where({ serial }).update({ status: 'online' })
+
   const secondClosed = new Promise<void>(resolve => second.mqtt.once('close', () => resolve()))
   const revokedAt = Date.now()
   await a.server.revokeDevice(serial)

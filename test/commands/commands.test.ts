@@ -129,6 +129,21 @@ for (const database of DATABASES) {
       t.match(report.reason, new RegExp(`command ${ids[1]} is already ok`))
     })
 
+    t.test('a command queued while the device has just connected (its row not yet online) is delivered at once', async (t) => {
+      const serial = uniqueSerial('just-connected')
+      const { received } = await listeningDevice(t, ts, serial)
+      await eventually(async () => (await ts.api('GET', `/api/devices/${serial}`)).body?.status === 'online', 5000, 'online')
+      // the moment between the device's SUBSCRIBE (which delivered what was queued) and its row turning online
+      await ts.server.db.knex('devices').where({ serial }).update({ status: 'offline' })
+      const issued = await ts.api('POST', `/api/devices/${serial}/commands`, { body: { command: 'ping', payload: { echo: 'now' } } })
+      t.equal(issued.body.state, 'queued', 'the row said offline')
+      const [delivered] = await eventually(() => commandsOf(received, serial).length > 0 && commandsOf(received, serial), 3000, 'delivered without a new SUBSCRIBE')
+      t.equal(delivered.id, issued.body.id)
+      t.equal(await stateOf(ts, issued.body.id), 'sent')
+      await new Promise(resolve => setTimeout(resolve, 200))
+      t.equal(commandsOf(received, serial).length, 1, 'once')
+    })
+
     t.test('expiry: a queued command is never delivered after it; a sent one nobody answers expires too', async (t) => {
       const serial = uniqueSerial('expire')
       await offlineDevice(ts, serial)

@@ -61,8 +61,8 @@ export function createCommandRepository (knex: Knex): CommandRepository {
       return (await query as CommandRow[]).map(commandOf)
     },
 
-    async takeDeliverable (serial, now) {
-      const rows = await commands().where({ serial }).whereIn('state', OPEN).where('expires_at', '>', now)
+    async takeDeliverable (serial, now, onlyQueued = false) {
+      const rows = await commands().where({ serial }).whereIn('state', onlyQueued ? ['queued'] : OPEN).where('expires_at', '>', now)
         .update({ state: 'sent', sent_at: now }).returning('*') as CommandRow[]
       return rows.map(commandOf).sort((a, b) => a.issued_at.getTime() - b.issued_at.getTime() || a.id.localeCompare(b.id))
     },

@@ -19,8 +19,9 @@ export function malleate (signature: Buffer): Buffer {
   }
   const value = AsnConvert.parse(signature, ECDSASigValue)
   const s = P256_N - toBigInt(value.s)
-  // DER INTEGERs are signed: a leading 0x00 keeps a high first bit positive
-  const sBytes = toBytes(s, 32).subarray(0)
-  value.s = new Uint8Array(sBytes[0]! >= 0x80 ? Buffer.concat([Buffer.from([0]), sBytes]) : sBytes.subarray(sBytes.findIndex(b => b !== 0))).buffer
+  // DER INTEGERs are minimal and signed: no leading zeros, but one 0x00 before a high first bit
+  const padded = toBytes(s, 32)
+  const minimal = padded.subarray(padded.findIndex(b => b !== 0))
+  value.s = new Uint8Array(minimal[0]! >= 0x80 ? Buffer.concat([Buffer.from([0]), minimal]) : minimal).buffer
   return Buffer.from(AsnConvert.serialize(value))
 }

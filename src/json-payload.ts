@@ -1,4 +1,5 @@
 // Device payloads that must be one JSON object (info, replies, update_status).
+import { unstorableJson } from './json-safety.js'
 
 export const isObject = (value: unknown): value is Record<string, unknown> =>
   typeof value === 'object' && value !== null && !Array.isArray(value)
@@ -11,5 +12,7 @@ export function parseJsonObject (payload: Buffer, what: string): { ok: true, bod
   } catch {
     return { ok: false, reason: `${what} is not valid JSON` }
   }
-  return isObject(body) ? { ok: true, body } : { ok: false, reason: `${what} must be a JSON object` }
+  if (!isObject(body)) return { ok: false, reason: `${what} must be a JSON object` }
+  const unstorable = unstorableJson(body)
+  return unstorable === undefined ? { ok: true, body } : { ok: false, reason: `${what}: ${unstorable.path} ${unstorable.reason}` }
 }

@@ -1,5 +1,6 @@
 // Keyset paging for lists: a page is fetched with one row more than asked, and the cursor is the
 // last row's sort key (base64url, opaque to clients), stable under inserts and deletes.
+import { hasNul } from './json-safety.js'
 
 export interface Page<T> { items: T[], next_cursor: string | null }
 
@@ -13,7 +14,7 @@ const encodeCursor = (key: string): string => Buffer.from(key, 'utf8').toString(
 export function afterCursor (cursor: string | undefined): string | undefined {
   if (cursor === undefined) return undefined
   const key = Buffer.from(cursor, 'base64url').toString('utf8')
-  if (key === '' || encodeCursor(key) !== cursor) throw new InvalidCursor()
+  if (key === '' || hasNul(key) || encodeCursor(key) !== cursor) throw new InvalidCursor()
   return key
 }
 

@@ -52,9 +52,10 @@ export function toApiError (error: FastifyError | ApiError | InvalidCursor): Api
   if (first !== undefined) {
     const field = fieldOf(first)
     const where = error.validationContext === 'body' ? '' : ` (${error.validationContext ?? 'request'})`
+    const subject = field ?? (error.validationContext === 'body' ? 'the request body' : 'request')
     const message = first.keyword === 'additionalProperties'
-      ? `${field ?? 'request'} is not a known field${where}`
-      : `${field ?? 'request'} ${first.message ?? 'is invalid'}${where}`
+      ? `${subject} is not a known field${where}`
+      : `${subject} ${first.message ?? 'is invalid'}${where}`
     return new ApiError('invalid_request', message, field)
   }
   const code = error.code === undefined ? undefined : BODY_ERRORS[error.code]

@@ -85,6 +85,7 @@ for (const database of DATABASES) {
         [{ command: 'ping', ttl_seconds: 30 * 86_400 + 1 }, 'ttl_seconds'],
         [{ command: 'ping', ttl_seconds: 1.5 }, 'ttl_seconds'],
         [{ command: 'ping', payload: { echo: 'x'.repeat(17_000) } }, 'payload'],
+        [{ command: 'ping', payload: { echo: 'a\u0000b' } }, 'payload.echo'],
         [{ command: 'ping', colour: 'red' }, 'colour']
       ] as const) {
         const response = await ts.api('POST', url, { body })
@@ -218,18 +219,20 @@ for (const database of DATABASES) {
       await forger.reply({ id: '00000000-0000-4000-8000-000000000000', status: 'ok' })
       await forger.device.mqtt.publishAsync(deviceTopic(b, 'replies'), 'not json', { qos: 1 })
       await forger.reply({ id: issued.body.id, status: 'done' })
+      await forger.reply({ id: issued.body.id, status: 'ok', result: { text: 'a\u0000b' } })
       // a device may neither answer for another device nor send it commands
       await forger.device.mqtt.publishAsync(deviceTopic(a, 'replies'), JSON.stringify({ id: issued.body.id, status: 'ok' }), { qos: 1 })
       await forger.device.mqtt.publishAsync(deviceTopic(a, 'commands'), JSON.stringify({ id: issued.body.id, command: 'reboot' }), { qos: 1 })
 
-      const reports = await eventually(() => { const e = errorsOf(forger.received, b); return e.length >= 6 && e }, 5000, 'six reports to the forger')
+      const reports = await eventually(() => { const e = errorsOf(forger.received, b); return e.length >= 7 && e }, 5000, 'seven reports to the forger')
       const reasons = reports.map(report => `${report.topic}: ${report.reason}`)
       // each publish is checked on its own, so the reports may come in any order
       for (const expected of [
         `replies: no command ${issued.body.id} for this device`, // another device's id looks unknown
         'replies: no command 00000000-0000-4000-8000-000000000000 for this device',
         'replies: a reply is not valid JSON',
-        `replies: status must be "ok" or "error" (command ${issued.body.id})`
+        `replies: status must be "ok" or "error" (command ${issued.body.id})`,
+        'replies: a reply: result.text contains a NUL character (\\u0000), which cannot be stored'
       ]) t.ok(reasons.includes(expected), expected)
       t.same(reports.map(r => r.topic).filter(topic => topic !== 'replies').sort(), [deviceTopic(a, 'commands'), deviceTopic(a, 'replies')], 'ACL refusals for the victim\'s topics')
       t.equal(commandsOf(victim.received, a).length, 1, 'the forged command never reached the victim')

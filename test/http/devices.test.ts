@@ -132,7 +132,11 @@ for (const database of DATABASES) {
       for (const [body, field] of [
         [{ nickname: { first: 'x' } }, 'nickname'], [{ nickname: '' }, 'nickname'], [{ nickname: 'x'.repeat(129) }, 'nickname'],
         [{ group_id: 0 }, 'group_id'], [{ group_id: 999999 }, 'group_id'], [{ metadata: [1, 2] }, 'metadata'],
-        [{ status: 'online' }, 'status'], [{}, undefined]
+        [{ status: 'online' }, 'status'], [{}, undefined], [{ group_id: 2 ** 63 }, 'group_id'],
+        [{ metadata: { ['k'.repeat(129)]: 1 } }, 'metadata'], [{ metadata: { '': 1 } }, 'metadata'],
+        // PostgreSQL cannot store U+0000; JSON.stringify overflows on deep nesting
+        [{ nickname: 'a\u0000b' }, 'nickname'], [{ metadata: { note: ['ok', 'a\u0000'] } }, 'metadata.note.1'],
+        [{ metadata: { ['a\u0000']: 1 } }, 'metadata.a\u0000']
       ] as const) {
         const response = await ts.api('PATCH', `/api/devices/${serial}`, { body })
         t.equal(response.status, 400, JSON.stringify(body))
@@ -141,6 +145,17 @@ for (const database of DATABASES) {
       }
       const malformed = await ts.api('PATCH', `/api/devices/${serial}`, { body: '{"nickname": ' })
       t.match(malformed, { status: 400, body: { error: 'malformed_json' } })
+      const deep = await ts.api('PATCH', `/api/devices/${serial}`, { body: `{"metadata":{"deep":${'['.repeat(5000)}${']'.repeat(5000)}}}` })
+      t.match(deep, { status: 400, body: { error: 'invalid_request', field: `metadata.deep${'.0'.repeat(30)}`, message: /nested more than 32 levels/ } }, '5,000 levels of arrays (10 KB)')
+      const empty = await ts.api('PATCH', `/api/devices/${serial}`, { body: '' })
+      t.match(empty, { status: 400, body: { error: 'invalid_request', message: /body/ } }, 'an empty JSON body is no body, which PATCH needs')
+      const text = await ts.api('PATCH', `/api/devices/${serial}`, { body: '{"nickname":"x"}', headers: { 'content-type': 'text/plain' } })
+      t.match(text, { status: 415, body: { error: 'unsupported_media_type' } }, 'a body that is not JSON is 415')
+      for (const query of ['q=%00', 'firmware_version=a%00', `cursor=${Buffer.from('\u0000').toString('base64url')}`, 'group_id=9223372036854775808']) {
+        const listed = await ts.api('GET', `/api/devices?${query}`)
+        t.equal(listed.status, 400, query)
+        t.equal(listed.body.field, query.split('=')[0], `${query} names the field`)
+      }
       t.equal((await ts.api('PATCH', '/api/devices/no-such-device', { body: { nickname: 'x' } })).status, 404)
     })
 

@@ -34,11 +34,12 @@ export const DeviceView = Type.Object({
 }, { $id: 'Device' })
 
 const Nickname = Type.Union([Type.String({ minLength: 1, maxLength: 128 }), Type.Null()])
-const GroupId = Type.Union([Type.Integer({ minimum: 1 }), Type.Null()])
+const GROUP_ID = { minimum: 1, maximum: Number.MAX_SAFE_INTEGER }
+const GroupId = Type.Union([Type.Integer(GROUP_ID), Type.Null()])
 
 const ListQuery = Type.Object({
   status: Type.Optional(Type.Union([Type.Literal('online'), Type.Literal('offline')])),
-  group_id: Type.Optional(Type.Integer({ minimum: 1 })),
+  group_id: Type.Optional(Type.Integer(GROUP_ID)),
   firmware_version: Type.Optional(Type.String({ maxLength: 256 })),
   revoked: Type.Optional(Type.Boolean()),
   q: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'part of the serial or nickname, case-insensitive' })),
@@ -48,7 +49,8 @@ const ListQuery = Type.Object({
 const DevicePatch = Type.Object({
   nickname: Type.Optional(Nickname),
   group_id: Type.Optional(GroupId),
-  metadata: Type.Optional(Type.Record(Type.String({ maxLength: 128 }), Type.Unknown(), { description: 'merged into the metadata; a key set to null is removed' }))
+  // keys checked with propertyNames: Type.Record's key schema compiles to a pattern that drops maxLength
+  metadata: Type.Optional(Type.Unsafe<Record<string, unknown>>({ type: 'object', propertyNames: { minLength: 1, maxLength: 128 }, description: 'merged into the metadata; a key set to null is removed (keys: 1–128 characters)' }))
 }, { additionalProperties: false, minProperties: 1 })
 
 const iso = (date: Date | null): string | null => date === null ? null : date.toISOString()

@@ -5,7 +5,7 @@ import { webcrypto, randomBytes } from 'node:crypto'
 
 type CryptoKey = webcrypto.CryptoKey
 type CryptoKeyPair = webcrypto.CryptoKeyPair
-import { mkdir, writeFile, readFile, access } from 'node:fs/promises'
+import { mkdir, writeFile, readFile, access, rename } from 'node:fs/promises'
 import path from 'node:path'
 import * as x509 from '@peculiar/x509'
 
@@ -116,6 +116,13 @@ async function exists (file: string): Promise<boolean> {
   return await access(file).then(() => true, () => false)
 }
 
+/** A private key is written to a new file of mode 0600 and moved into place: overwriting keeps an old file's mode. */
+async function writeKeyFile (file: string, pem: string): Promise<void> {
+  const staged = `${file}.${process.pid}.tmp`
+  await writeFile(staged, pem, { mode: 0o600, flag: 'wx' })
+  await rename(staged, file)
+}
+
 export async function fleetCaExists (caDir: string): Promise<boolean> {
   return await exists(path.join(caDir, FLEET_CA_CERT_FILE)) || await exists(path.join(caDir, FLEET_CA_KEY_FILE))
 }
@@ -124,7 +131,7 @@ export async function writeFleetCa (caDir: string, ca: IssuedCertificate): Promi
   await mkdir(caDir, { recursive: true, mode: 0o700 })
   const certPath = path.join(caDir, FLEET_CA_CERT_FILE)
   const keyPath = path.join(caDir, FLEET_CA_KEY_FILE)
-  await writeFile(keyPath, ca.keyPem, { mode: 0o600 })
+  await writeKeyFile(keyPath, ca.keyPem)
   await writeFile(certPath, ca.certificate.toString('pem') + '\n', { mode: 0o644 })
   return { certPath, keyPath }
 }
@@ -147,7 +154,7 @@ export async function writeDeviceCredentials (devicesDir: string, serial: string
     pemPath: path.join(dir, 'device_cert.pem'),
     keyPath: path.join(dir, 'device_key.pem')
   }
-  await writeFile(files.keyPath, issued.keyPem, { mode: 0o600 })
+  await writeKeyFile(files.keyPath, issued.keyPem)
   await writeFile(files.derPath, Buffer.from(issued.certificate.rawData), { mode: 0o644 })
   await writeFile(files.pemPath, issued.certificate.toString('pem') + '\n', { mode: 0o644 })
   return files

@@ -25,6 +25,8 @@ export async function genDeviceCert (args: string[], output: Output): Promise<vo
   })
   if (values.serial === undefined) throw new UsageError('--serial is required')
   if (!isValidSerial(values.serial)) throw new UsageError(`--serial ${JSON.stringify(values.serial)} is not a valid serial: 1-64 characters of A-Z a-z 0-9 _ - .`)
+  // valid serials, but as directory names they are the devices directory and its parent
+  if (/^\.+$/.test(values.serial!)) throw new UsageError(`--serial ${JSON.stringify(values.serial)} cannot name a directory under --dir: use a serial with a letter, digit, _ or -`)
   const days = Number(values.days)
   if (!/^\d+$/.test(values.days) || days < 1 || days > 36500) throw new UsageError('--days must be a whole number of days from 1 to 36500')
   const caDir = path.resolve(values['ca-dir'])

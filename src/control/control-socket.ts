@@ -4,7 +4,7 @@
 // The socket is also the embedded database's lock: whoever opens $DATA_DIR/db holds it first — the
 // server for its lifetime, a CLI command (answering "busy") while it works on the files itself.
 import http from 'node:http'
-import { chmod, rm } from 'node:fs/promises'
+import { chmod, mkdir, rm } from 'node:fs/promises'
 import path from 'node:path'
 import { StartupError } from '../errors.js'
 
@@ -77,6 +77,7 @@ export async function startControlSocket (dataDir: string, options: { busy?: boo
     if (error instanceof ControlBusy) throw new StartupError(`DATA_DIR=${dataDir} stayed held by another shepherd command for ${BUSY_WAIT_MS / 1000} s`)
     if (!(error instanceof ControlUnavailable)) throw error
   }
+  await mkdir(dataDir, { recursive: true }) // a CLI command may be the first to use it
   await rm(socketPath, { force: true }) // left behind by a process that died
   let serve: (operations: ControlOperations) => void = () => {}
   const served = new Promise<ControlOperations>(resolve => { serve = resolve })

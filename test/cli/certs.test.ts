@@ -1,6 +1,6 @@
 import t from 'tap'
 import { execFileSync } from 'node:child_process'
-import { mkdtemp, stat, readFile } from 'node:fs/promises'
+import { chmod, mkdtemp, stat, readFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { X509Certificate } from 'node:crypto'
@@ -52,9 +52,11 @@ t.test('gen-ca and gen-device-cert make certificates that openssl verifies', asy
     t.equal(again.code, 1)
     t.match(again.stderr, /already exists.*--force/s)
     t.equal(await readFile(caPem, 'utf8'), before, 'CA untouched')
+    await chmod(path.join(caDir, 'fleet_ca_key.pem'), 0o644)
     const forced = await runShepherd(['gen-ca', '--dir', caDir, '--force'])
     t.equal(forced.code, 0)
     t.not(await readFile(caPem, 'utf8'), before, 'CA replaced')
+    t.equal((await stat(path.join(caDir, 'fleet_ca_key.pem'))).mode & 0o777, 0o600, 'the new key is 0600 even over a 0644 file')
   })
 })
 
@@ -64,6 +66,7 @@ t.test('usage errors exit 2 with help; failures exit 1 with a message', async (t
     [['gen-device-cert', '--serial', 'bad/serial'], /not a valid serial/],
     [['gen-device-cert', '--serial', 'a b'], /not a valid serial/],
     [['gen-device-cert', '--serial', 'x'.repeat(65)], /not a valid serial/],
+    [['gen-device-cert', '--serial', '..'], /cannot name a directory/],
     [['gen-device-cert'], /--serial is required/],
     [['gen-device-cert', '--serial', 'ok', '--days', 'ten'], /--days/],
     [['gen-ca', '--bogus'], /Unknown option/],

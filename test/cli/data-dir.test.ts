@@ -27,3 +27,11 @@ t.test('token create while the server is starting: the token works against that 
   t.match(migrated.stdout, 'database is up to date', 'migrate asks the running server instead of opening its database')
   server.child.kill('SIGTERM')
 })
+
+t.test('a CLI command on a DATA_DIR that does not exist yet makes it', async (t) => {
+  const parent = await mkdtemp(path.join(tmpdir(), 'shepherd-datadir-'))
+  t.teardown(() => rm(parent, { recursive: true, force: true }))
+  const migrated = await runShepherd(['migrate'], { env: { DATA_DIR: path.join(parent, 'new', 'data') } })
+  t.equal(migrated.code, 0, migrated.stderr)
+  t.notMatch(migrated.stderr, /EACCES|Error:/)
+})

@@ -244,7 +244,9 @@ export async function createServer (config: Config, options: ServerOptions = {})
     const devices = createDeviceAdmin({ repo, registry, kicker: revocations, publish })
     const metricsRepo = createMetricsRepository(db.knex)
     const http = await buildHttpApp({
-      logger, broker: startedBroker, tls, maxWebSocketPayloadBytes: config.mqttMaxPacketBytes,
+      logger, broker: startedBroker, tls,
+      // the WebSocket framing of a CONNECT adds a few bytes per frame; 1 KiB covers a client that splits it
+      webSocketLimits: { maxPayloadBytes: config.mqttMaxPacketBytes, preAuthenticationBytes: PRE_AUTH_PACKET_BYTES + 1024, isAuthenticated: gateway.isAuthenticated },
       tokens,
       onResponse: telemetry.observeHttpRequest,
       routes: [

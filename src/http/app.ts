@@ -3,7 +3,7 @@
 import fastify, { type FastifyInstance, type FastifyPluginAsync } from 'fastify'
 import type { Logger } from '../logger.js'
 import type { Broker } from '../mqtt/broker.js'
-import { registerMqttOverWebSocket } from './websocket-mqtt.js'
+import { registerMqttOverWebSocket, type WebSocketLimits } from './websocket-mqtt.js'
 import { registerErrorHandling } from './api-errors.js'
 import { registerValidation } from './validation.js'
 import { registerBearerAuth, type TokenVerifier } from './plugins/auth.js'
@@ -14,7 +14,7 @@ export interface HttpAppDeps {
   logger: Logger
   broker: Broker
   tls?: { cert: Buffer, key: Buffer }
-  maxWebSocketPayloadBytes: number
+  webSocketLimits: WebSocketLimits
   tokens: TokenVerifier
   /** Route plugins; each route needs a token unless its config says `public: true`. */
   routes: readonly FastifyPluginAsync[]
@@ -35,7 +35,7 @@ export async function buildHttpApp (deps: HttpAppDeps): Promise<FastifyInstance>
       onResponse(request.routeOptions.url ?? 'unmatched', request.method, reply.statusCode, reply.elapsedTime / 1000)
     })
   }
-  await registerMqttOverWebSocket(app, deps.broker, deps.maxWebSocketPayloadBytes)
+  await registerMqttOverWebSocket(app, deps.broker, deps.webSocketLimits)
   await registerOpenApi(app, VERSION)
   await app.register(async (api) => {
     registerBearerAuth(api, deps.tokens)

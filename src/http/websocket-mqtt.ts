@@ -5,15 +5,29 @@
 // @fastify/websocket does), every connection kept its Fastify request, reply, ServerResponse and
 // child logger alive for as long as the device stayed connected: about 2 KiB of heap per device,
 // for nothing a device connection uses. Upgrades to any other path are answered 404.
+//
+// ws assembles a whole message (up to maxPayload, the MQTT packet limit after authentication)
+// before the MQTT parser sees a byte of it, so until the connection has authenticated, the bytes
+// read from its socket are counted and it is closed past the limit of a CONNECT.
 import type { IncomingMessage } from 'node:http'
 import type { Duplex } from 'node:stream'
+import type { Client } from 'aedes'
 import type { FastifyInstance } from 'fastify'
 import { WebSocketServer, createWebSocketStream } from 'ws'
 import type { Broker } from '../mqtt/broker.js'
 
 const MQTT_WEBSOCKET_PATH = '/mqtt'
 
-export async function registerMqttOverWebSocket (app: FastifyInstance, broker: Broker, maxPayloadBytes: number): Promise<void> {
+export interface WebSocketLimits {
+  /** Largest WebSocket message: MQTT_MAX_PACKET_SIZE. */
+  maxPayloadBytes: number
+  /** Bytes a connection may send before it has authenticated (a CONNECT and its framing). */
+  preAuthenticationBytes: number
+  isAuthenticated (client: Client): boolean
+}
+
+export async function registerMqttOverWebSocket (app: FastifyInstance, broker: Broker, limits: WebSocketLimits): Promise<void> {
+  const { maxPayloadBytes } = limits
   const wss = new WebSocketServer({
     noServer: true,
     maxPayload: maxPayloadBytes,
@@ -28,13 +42,28 @@ export async function registerMqttOverWebSocket (app: FastifyInstance, broker: B
       return
     }
     const remote = request.socket.remoteAddress
+    let received = head.length
+    let client: Client | undefined
+    const countUntilAuthenticated = (chunk: Buffer): void => {
+      if (client !== undefined && limits.isAuthenticated(client)) {
+        socket.off('data', countUntilAuthenticated)
+        return
+      }
+      received += chunk.length
+      if (received > limits.preAuthenticationBytes) {
+        app.log.warn({ remote, bytes: received, reason: 'too_much_before_connect' }, `MQTT over WebSocket connection closed: over ${limits.preAuthenticationBytes} bytes before it authenticated`)
+        socket.off('data', countUntilAuthenticated)
+        socket.destroy()
+      }
+    }
     wss.handleUpgrade(request, socket, head, (websocket) => {
+      socket.on('data', countUntilAuthenticated) // beside ws's own reader, attached by now
       const stream = createWebSocketStream(websocket)
       stream.on('error', (error) => {
         app.log.error({ err: error, remote }, 'MQTT over WebSocket connection error')
         websocket.terminate()
       })
-      broker.handleConnection(stream, remote)
+      client = broker.handleConnection(stream, remote)
     })
   }
 

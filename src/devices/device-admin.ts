@@ -47,14 +47,15 @@ export function createDeviceAdmin (deps: DeviceAdminDeps) {
     },
 
     /**
-     * Removes the device from the registry, closes its connection and clears its retained status.
-     * A device whose certificate is still valid registers again when it reconnects: revoke it to
-     * keep it out.
+     * Removes the device from the registry (its commands and updates with it), closes its
+     * connection and clears its retained messages: status, info and a pending firmware offer that
+     * no update tracks any more. A device whose certificate is still valid registers again when
+     * it reconnects: revoke it to keep it out.
      */
     async remove (serial: string): Promise<boolean> {
       if (!await repo.remove(serial)) return false
       await kicker.announceRevoked(serial)
-      await publish(deviceTopic(serial, 'status'), '', { qos: 1, retain: true })
+      for (const leaf of ['status', 'info', 'firmware'] as const) await publish(deviceTopic(serial, leaf), '', { qos: 1, retain: true })
       return true
     },
 

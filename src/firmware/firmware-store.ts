@@ -18,9 +18,15 @@ export type AddResult =
 
 export interface MetaInput { version?: string, target?: string, application?: string | null }
 
+/** A SemVer version written exactly as SemVer writes it: semver itself also takes "v1.2.0" or " 1.2.0 ", which devices never report. */
+function isExactSemver (version: string): boolean {
+  const parsed = semver.parse(version)
+  return parsed !== null && `${parsed.version}${parsed.build.length > 0 ? `+${parsed.build.join('.')}` : ''}` === version
+}
+
 export function checkFirmwareMeta (input: MetaInput): MetaCheck {
   const { version, target, application } = input
-  if (version === undefined || semver.valid(version) === null || version.length > 64) {
+  if (version === undefined || version.length > 64 || !isExactSemver(version)) {
     return { ok: false, field: 'version', message: 'version must be a SemVer version such as 1.4.0 or 2.0.0-rc.1 (at most 64 characters)' }
   }
   if (target === undefined || !NAME.test(target)) return { ok: false, field: 'target', message: 'target must be 1–64 letters, digits, ".", "_", "+" or "-" (the devices\' firmware_target)' }

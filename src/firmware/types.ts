@@ -74,8 +74,8 @@ export interface FirmwareStorage {
   /** Makes a staged object permanent under `name`. */
   commit (staged: StagedFile, name: string): Promise<void>
   discard (staged: StagedFile): Promise<void>
-  /** The stored bytes, or the inclusive byte range of them. */
-  read (name: string, range?: { start: number, end: number }): Readable
+  /** The stored bytes, or the inclusive byte range of them; rejects when the stored object cannot be opened. */
+  read (name: string, range?: { start: number, end: number }): Promise<Readable>
   remove (name: string): Promise<void>
 }
 
@@ -83,6 +83,11 @@ export class FirmwareTooLarge extends Error {
   constructor (readonly maxBytes: number) {
     super(`firmware files are limited to ${maxBytes} bytes (FIRMWARE_MAX_SIZE)`)
   }
+}
+
+/** The firmware an update or rollout was being recorded for was deleted meanwhile. */
+export class FirmwareGone extends Error {
+  constructor () { super('the firmware was deleted meanwhile') }
 }
 
 export interface FirmwareRepository {
@@ -103,7 +108,7 @@ export interface UpdateRepository {
   /**
    * Inserts the updates (pending) in one transaction; with `supersede`, first fails the devices'
    * updates in progress. A device that has one in progress (not superseded) gets none: `inserted`
-   * holds only the others.
+   * holds only the others. Throws FirmwareGone when the firmware was deleted meanwhile.
    */
   insertMany (updates: NewUpdate[], options: { supersede: boolean, at: Date }): Promise<{ inserted: Update[], superseded: Update[] }>
   /** Records the command that carried each update's offer. */
@@ -116,6 +121,7 @@ export interface UpdateRepository {
   report (serial: string, id: string, change: { state: UpdateState, progress: number | null, error: string | null, failure_reason: FailureReason | null }, at: Date): Promise<Update | undefined>
   /** Fails updates in progress that went quiet too long, or were never started before they expired. */
   failStale (quietSince: Date, now: Date): Promise<Update[]>
+  /** Throws FirmwareGone when the firmware was deleted meanwhile. */
   insertRollout (rollout: Rollout): Promise<void>
   findRollout (id: string): Promise<(Rollout & RolloutCounts) | undefined>
 }

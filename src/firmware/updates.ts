@@ -19,7 +19,7 @@ import { pageByTime, type Page } from '../paging.js'
 import type { Publish } from '../ports.js'
 import { deviceTopic } from '../topics.js'
 import type { FirmwareStore } from './firmware-store.js'
-import { ACTIVE_UPDATE_STATES, UPDATE_STATES, type Firmware, type Rollout, type RolloutCounts, type NewUpdate, type StatusReport, type Update, type UpdateRepository } from './types.js'
+import { ACTIVE_UPDATE_STATES, FirmwareGone, UPDATE_STATES, type Firmware, type Rollout, type RolloutCounts, type NewUpdate, type StatusReport, type Update, type UpdateRepository } from './types.js'
 
 export const DEFAULT_UPDATE_TTL_SECONDS = 7 * 86_400
 
@@ -193,8 +193,13 @@ export function createUpdates (deps: UpdatesDeps) {
       if (!checked.ok) return checked
       const device = await deps.findDevice(serial)
       if (device === undefined) return { ok: false, reason: 'not_found' }
-      const [result] = await startMany([device], checked.firmware, checked.request, null)
-      return result!
+      try {
+        const [result] = await startMany([device], checked.firmware, checked.request, null)
+        return result!
+      } catch (error) {
+        if (error instanceof FirmwareGone) return { ok: false, reason: 'firmware_not_found' }
+        throw error
+      }
     },
 
     /** Starts the update on every member; members it cannot start on are listed with the reason. */
@@ -205,8 +210,15 @@ export function createUpdates (deps: UpdatesDeps) {
       const members = await deps.groupMembers(groupId)
       if (members === undefined) return { ok: false, reason: 'not_found' }
       const rollout: Rollout = { id: randomUUID(), group_id: groupId, firmware_id: firmware.id, version: firmware.version, created_at: now() }
-      await repo.insertRollout(rollout)
-      const results = await startMany(members, firmware, checked.request, rollout.id)
+      let results: StartResult[]
+      try {
+        await repo.insertRollout(rollout)
+        results = await startMany(members, firmware, checked.request, rollout.id)
+      } catch (error) {
+        // deleted meanwhile: a rollout row may stay, with no updates and its firmware_id cleared
+        if (error instanceof FirmwareGone) return { ok: false, reason: 'firmware_not_found' }
+        throw error
+      }
       const updates: Update[] = []
       const skipped: Array<{ serial: string, reason: string, message: string }> = []
       for (const [i, result] of results.entries()) {

@@ -2,8 +2,8 @@
 // is hashed and counted, then renamed into place, so a half-written file is never served and an
 // interrupted upload leaves nothing behind under its final name.
 import { createHash, randomUUID } from 'node:crypto'
-import { createReadStream, createWriteStream } from 'node:fs'
-import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises'
+import { createWriteStream } from 'node:fs'
+import { mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises'
 import path from 'node:path'
 import { Transform } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
@@ -60,8 +60,9 @@ export async function createFirmwareFiles (dir: string): Promise<FirmwareStorage
       await rm(staging(staged), { force: true })
     },
 
-    read (name, range) {
-      return createReadStream(stored(name), range)
+    async read (name, range) {
+      const file = await open(stored(name)) // opened first: a missing file is an error before any byte is answered
+      return file.createReadStream(range)
     },
 
     async remove (name) {

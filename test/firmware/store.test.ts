@@ -2,7 +2,7 @@
 // duplicates and bad versions refused, the size limit, list/get/delete; signed download URLs
 // (tampered, expired, for another firmware) and Range requests resumed halfway.
 import { createHash, randomBytes } from 'node:crypto'
-import { readdir } from 'node:fs/promises'
+import { readdir, rename } from 'node:fs/promises'
 import path from 'node:path'
 import t from 'tap'
 import { createDownloadUrls } from '../../src/firmware/download-urls.js'
@@ -49,7 +49,7 @@ t.test('firmware store', async (t) => {
     t.equal(sameVersion.status, 409, 'the same target+application+version')
     t.match(sameVersion.body.message, /already exists/)
     t.equal((await upload(ts, 'version=1.2.0&target=rpi4', randomBytes(100))).status, 201, 'the same version without application is another firmware')
-    for (const [query, field] of [['version=1.2&target=rpi4', 'version'], ['version=latest&target=rpi4', 'version'], ['version=1.0.0&target=rp%20i4', 'target'], ['target=rpi4', 'version'], ['version=1.0.0', 'target']]) {
+    for (const [query, field] of [['version=1.2&target=rpi4', 'version'], ['version=latest&target=rpi4', 'version'], ['version=v1.2.0&target=rpi4', 'version'], ['version=%201.2.0&target=rpi4', 'version'], ['version=1.0.0&target=rp%20i4', 'target'], ['target=rpi4', 'version'], ['version=1.0.0', 'target']]) {
       const refused = await upload(ts, query!, randomBytes(10))
       t.equal(refused.status, 400, query!)
       t.equal(refused.body.field, field, `${query} names ${field}`)
@@ -105,6 +105,9 @@ t.test('firmware store', async (t) => {
     const stale = await fetch(url, { headers: { range: `bytes=${half}-`, 'if-range': '"other"' } })
     t.equal(stale.status, 200, 'If-Range with another ETag: the whole file')
     await stale.arrayBuffer()
+    const otherUnit = await fetch(url, { headers: { range: 'items=0-9' } })
+    t.equal(otherUnit.status, 200, 'a Range in another unit is ignored')
+    await otherUnit.arrayBuffer()
     const outside = await fetch(url, { headers: { range: `bytes=${image.length + 10}-` } })
     t.equal(outside.status, 416)
     t.equal(outside.headers.get('content-range'), `bytes */${image.length}`)
@@ -121,5 +124,14 @@ t.test('firmware store', async (t) => {
     t.equal(expired.status, 403)
     t.match(await expired.json(), { message: /expired/ })
     t.notOk(JSON.stringify(ts.logs).includes(new URL(url).searchParams.get('signature')!), 'signatures stay out of the log')
+
+    // a stored file gone from FIRMWARE_DIR (an unmounted shared volume, say): the error of contract §4, not a broken body
+    const file = path.join(ts.dataDir, 'firmware', `${firmware.sha256}.fw`)
+    await rename(file, `${file}.away`)
+    const missing = await fetch(url)
+    t.equal(missing.status, 500)
+    t.match(missing.headers.get('content-type'), /json/)
+    t.match(await missing.json(), { error: 'internal_error' })
+    await rename(`${file}.away`, file)
   })
 })

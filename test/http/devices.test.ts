@@ -182,11 +182,14 @@ for (const database of DATABASES) {
       t.equal((await ts.api('POST', '/api/devices/no-such-device/unrevoke')).status, 404)
     })
 
-    t.test('DELETE removes the device, kicks it and clears its retained status', async (t) => {
+    t.test('DELETE removes the device, kicks it and clears its retained status, info and firmware offer', async (t) => {
       const serial = uniqueSerial('delete')
-      const device = await connectDevice({ url: ts.wsUrl, identity: await ts.pki.device(serial) })
+      const device = await connectDevice({ url: ts.wsUrl, identity: await ts.pki.device(serial), info: { firmware_version: '1.0.0' } })
       t.teardown(() => device.close())
       await eventually(async () => (await retainedJson(ts, deviceTopic(serial, 'status')))?.status === 'online', 5000, 'online')
+      await eventually(async () => await retainedJson(ts, deviceTopic(serial, 'info')) !== undefined, 5000, 'retained info')
+      // an offer of an update that the device's deletion takes with it
+      await ts.server.broker.publish(deviceTopic(serial, 'firmware'), JSON.stringify({ update_id: 'u' }), { qos: 1, retain: true })
 
       const closed = new Promise<void>(resolve => device.mqtt.once('close', () => { resolve() }))
       const deleted = await ts.api('DELETE', `/api/devices/${serial}`)
@@ -194,7 +197,9 @@ for (const database of DATABASES) {
       t.equal(deleted.text, '')
       await closed
       t.equal((await ts.api('GET', `/api/devices/${serial}`)).status, 404, 'gone from the registry')
-      await eventually(async () => await retainedPayload(ts, deviceTopic(serial, 'status')) === undefined, 5000, 'retained status cleared')
+      for (const leaf of ['status', 'info', 'firmware'] as const) {
+        await eventually(async () => await retainedPayload(ts, deviceTopic(serial, leaf)) === undefined, 5000, `retained ${leaf} cleared`)
+      }
       t.equal((await ts.api('DELETE', `/api/devices/${serial}`)).status, 404, 'a second DELETE finds nothing')
     })
   })

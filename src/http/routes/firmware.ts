@@ -117,7 +117,7 @@ export function firmwareRoutes (deps: { store: FirmwareStore, urls: DownloadUrls
       const firmware = await store.get(id)
       if (firmware === undefined) throw notFound(`firmware ${id}`)
       const etag = `"${firmware.sha256}"`
-      void reply.header('accept-ranges', 'bytes').header('etag', etag).header('content-type', 'application/octet-stream')
+      void reply.header('accept-ranges', 'bytes').header('etag', etag)
       const rangeHeader = request.headers.range
       const ifRange = request.headers['if-range']
       if (rangeHeader !== undefined && (ifRange === undefined || ifRange === etag)) {
@@ -126,14 +126,16 @@ export function firmwareRoutes (deps: { store: FirmwareStore, urls: DownloadUrls
           void reply.header('content-range', `bytes */${firmware.size}`)
           throw new ApiError('range_not_satisfiable', `the range ${rangeHeader} is outside the file's ${firmware.size} bytes`)
         }
-        // a malformed header (-2) or several ranges: the whole file, as RFC 9110 allows
-        if (ranges !== -2 && ranges.length === 1) {
+        // a malformed header (-2), a unit other than bytes, or several ranges: the whole file, as RFC 9110 allows
+        if (ranges !== -2 && ranges.type === 'bytes' && ranges.length === 1) {
           const { start, end } = ranges[0]!
-          return await reply.status(206).header('content-range', `bytes ${start}-${end}/${firmware.size}`).header('content-length', end - start + 1)
-            .send(store.read(firmware, { start, end }))
+          const body = await store.read(firmware, { start, end })
+          return await reply.status(206).header('content-type', 'application/octet-stream')
+            .header('content-range', `bytes ${start}-${end}/${firmware.size}`).header('content-length', end - start + 1).send(body)
         }
       }
-      return await reply.header('content-length', firmware.size).send(firmware.size === 0 ? '' : store.read(firmware))
+      const body = firmware.size === 0 ? '' : await store.read(firmware)
+      return await reply.header('content-type', 'application/octet-stream').header('content-length', firmware.size).send(body)
     })
   }
 }

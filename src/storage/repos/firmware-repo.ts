@@ -3,7 +3,7 @@
 import type { Knex } from 'knex'
 import { newestFirst } from './keyset.js'
 import {
-  ACTIVE_UPDATE_STATES, UPDATE_STATES, type Firmware, type FirmwareRepository, type Rollout, type RolloutCounts, type Update, type UpdateRepository
+  ACTIVE_UPDATE_STATES, FirmwareGone, UPDATE_STATES, type Firmware, type FirmwareRepository, type Rollout, type RolloutCounts, type Update, type UpdateRepository
 } from '../../firmware/types.js'
 
 const UNIQUE_VIOLATION = '23505'
@@ -15,6 +15,18 @@ type UpdateRow = Omit<Update, 'size'> & { size: number | string }
 const firmwareOf = (row: FirmwareRow): Firmware => ({ ...row, size: Number(row.size) })
 const updateOf = (row: UpdateRow): Update => ({ ...row, size: Number(row.size) })
 const isUniqueViolation = (error: unknown): boolean => (error as { code?: string }).code === UNIQUE_VIOLATION
+const FOREIGN_KEY_VIOLATION = '23503'
+
+/** Runs `write`; a foreign key violation on firmware_id (the firmware deleted since it was read) becomes FirmwareGone. */
+async function unlessFirmwareGone<T> (write: () => Promise<T>): Promise<T> {
+  try {
+    return await write()
+  } catch (error) {
+    const { code, constraint } = error as { code?: string, constraint?: string }
+    if (code === FOREIGN_KEY_VIOLATION && constraint?.includes('firmware_id') === true) throw new FirmwareGone()
+    throw error
+  }
+}
 
 export function createFirmwareRepository (knex: Knex): FirmwareRepository {
   const firmware = () => knex<FirmwareRow>('firmware')
@@ -67,7 +79,7 @@ export function createUpdateRepository (knex: Knex): UpdateRepository {
   const updates = () => knex<UpdateRow>('updates')
   return {
     async insertMany (drafts, { supersede, at }) {
-      return await knex.transaction(async (trx) => {
+      return await unlessFirmwareGone(() => knex.transaction(async (trx) => {
         const superseded: UpdateRow[] = []
         const inserted: UpdateRow[] = []
         for (let i = 0; i < drafts.length; i += INSERT_CHUNK) {
@@ -84,7 +96,7 @@ export function createUpdateRepository (knex: Knex): UpdateRepository {
             .onConflict(knex.raw("(serial) WHERE state IN ('pending', 'downloading', 'applying')")).ignore().returning('*') as UpdateRow[])
         }
         return { inserted: inserted.map(updateOf), superseded: superseded.map(updateOf) }
-      })
+      }))
     },
 
     async setCommands (pairs) {
@@ -151,7 +163,7 @@ export function createUpdateRepository (knex: Knex): UpdateRepository {
     },
 
     async insertRollout (rollout: Rollout) {
-      await knex('update_rollouts').insert(rollout)
+      await unlessFirmwareGone(() => knex('update_rollouts').insert(rollout))
     },
 
     async findRollout (id) {

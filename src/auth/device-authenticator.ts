@@ -193,7 +193,11 @@ export function createDeviceAuthenticator (deps: DeviceAuthenticatorDeps) {
       run: async (a) => {
         const { fingerprint, notAfter } = a.certificate!
         const { revoked } = await deps.admission.admit(a.serial!, { fingerprint, notAfter: new Date(notAfter) })
-        if (revoked) return { reason: 'revoked', detail: 'the device is revoked' }
+        if (revoked) {
+          // contract §2 check 9 is about accepted connections: once unrevoked, the device may retry with this timestamp
+          await deps.replayGuard.release(a.serial!, a.timestamp!)
+          return { reason: 'revoked', detail: 'the device is revoked' }
+        }
       }
     }
   ]

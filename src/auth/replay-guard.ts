@@ -5,6 +5,8 @@
 export interface ReplayGuard {
   /** True the first time the pair is claimed within `ttlMs`; false for a replay. */
   claim (serial: string, timestamp: number, ttlMs: number): Promise<boolean>
+  /** Gives a claim back: the connection that claimed it was refused after all (revoked). */
+  release (serial: string, timestamp: number): Promise<void>
   close (): Promise<void>
 }
 
@@ -23,6 +25,7 @@ export function createMemoryReplayGuard (now: () => number = Date.now): ReplayGu
       expiries.set(key, now() + ttlMs)
       return true
     },
+    async release (serial, timestamp) { expiries.delete(`${serial}:${timestamp}`) },
     async close () { clearInterval(prune) }
   }
 }
@@ -30,6 +33,7 @@ export function createMemoryReplayGuard (now: () => number = Date.now): ReplayGu
 /** The subset of an ioredis client the guard uses. */
 export interface RedisSetNx {
   set (key: string, value: string, px: 'PX', ttl: number, nx: 'NX'): Promise<'OK' | null>
+  del (key: string): Promise<number>
   quit (): Promise<unknown>
 }
 
@@ -38,6 +42,7 @@ export function createRedisReplayGuard (redis: RedisSetNx): ReplayGuard {
     async claim (serial, timestamp, ttlMs) {
       return await redis.set(`shepherd:replay:${serial}:${timestamp}`, '1', 'PX', ttlMs, 'NX') === 'OK'
     },
+    async release (serial, timestamp) { await redis.del(`shepherd:replay:${serial}:${timestamp}`) },
     async close () { await redis.quit() }
   }
 }

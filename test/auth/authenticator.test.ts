@@ -414,8 +414,12 @@ t.test('check 10: a revoked device → revoked (5); admission failures → serve
   t.ok(admitted.has(identity.serial), 'registered just in time')
   revoked.add(identity.serial)
   refusedWith(t, await connect(identity.serial, credentialOf(identity, { timestamp: T0 + 1 })), 'revoked', identity.serial)
-  // replay is checked before revocation
-  refusedWith(t, await connect(identity.serial, credentialOf(identity, { timestamp: T0 + 1 })), 'replayed', identity.serial)
+  // replay is checked before revocation: the accepted pair is a replay, revoked or not
+  refusedWith(t, await connect(identity.serial, credentialOf(identity, { timestamp: T0 })), 'replayed', identity.serial)
+  // a refused pair was never accepted: once unrevoked, the device may retry it
+  refusedWith(t, await connect(identity.serial, credentialOf(identity, { timestamp: T0 + 1 })), 'revoked', identity.serial)
+  revoked.delete(identity.serial)
+  t.ok((await connect(identity.serial, credentialOf(identity, { timestamp: T0 + 1 }))).ok, 'accepted after unrevoke with the refused timestamp')
 
   const failing = setup({ admission: { admit: async () => { throw new Error('database down') } } })
   const other = await pki.device(uniqueSerial())

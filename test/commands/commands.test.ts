@@ -163,6 +163,15 @@ for (const database of DATABASES) {
       const report = await eventually(() => errorsOf(received, serial).find(e => e.topic === 'replies'), 3000, 'the late reply reported')
       t.match(report.reason, /is already expired/)
       t.equal(await stateOf(ts, sent.body.id), 'expired', 'a late reply changes nothing')
+
+      // answered just after expires_at, whether or not the once-a-second sweep has run yet
+      const late = await ts.api('POST', `/api/devices/${serial}/commands`, { body: { command: 'ping', payload: { echo: 2 }, ttl_seconds: 1 } })
+      await eventually(() => commandsOf(received, serial).some(c => c.id === late.body.id), 3000, 'delivered')
+      await new Promise(resolve => setTimeout(resolve, new Date(late.body.expires_at).getTime() - Date.now() + 20))
+      await reply({ id: late.body.id, status: 'ok', result: {} })
+      await eventually(() => errorsOf(received, serial).filter(e => e.topic === 'replies').length >= 2, 3000, 'the second late reply reported')
+      t.match(errorsOf(received, serial).filter(e => e.topic === 'replies')[1].reason, new RegExp(`command ${late.body.id} is already expired`))
+      t.equal(await eventually(async () => { const state = await stateOf(ts, late.body.id); return state !== 'sent' && state }, 3000, 'settled'), 'expired', 'not ok: it expired before the answer')
     })
 
     t.test('Idempotency-Key: a retry answers the same command; the key with another request is 409', async (t) => {

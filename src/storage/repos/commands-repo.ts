@@ -68,7 +68,7 @@ export function createCommandRepository (knex: Knex): CommandRepository {
     },
 
     async complete (serial, id, reply, at) {
-      const [row] = await commands().where({ id, serial }).whereIn('state', OPEN)
+      const [row] = await commands().where({ id, serial }).whereIn('state', OPEN).where('expires_at', '>', at)
         .update({
           state: reply.state,
           result: reply.result === null ? null : JSON.stringify(reply.result),
@@ -77,8 +77,10 @@ export function createCommandRepository (knex: Knex): CommandRepository {
           round_trip_ms: knex.raw('CASE WHEN sent_at IS NULL THEN NULL ELSE extract(epoch FROM (?::timestamptz - sent_at)) * 1000 END', [at.toISOString()])
         } as never).returning('*') as CommandRow[]
       if (row !== undefined) return { completed: true, command: commandOf(row) }
-      const existing = await commands().where({ id, serial }).first('state') as { state: CommandState } | undefined
-      return { completed: false, state: existing?.state }
+      const existing = await commands().where({ id, serial }).first('state', 'expires_at') as { state: CommandState, expires_at: Date } | undefined
+      // open but past its expiry (the sweep runs once a second): it expired before the answer came
+      const expired = existing !== undefined && OPEN.includes(existing.state) && new Date(existing.expires_at) <= at
+      return { completed: false, state: expired ? 'expired' : existing?.state }
     },
 
     async expire (now) {

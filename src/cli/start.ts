@@ -17,7 +17,7 @@ export async function start (args: string[], _output: Output): Promise<void> {
   // like Mosquitto: SIGHUP reads the observers' password file again
   process.on('SIGHUP', () => { void server.reloadPasswordFile() })
   await new Promise<void>((resolve) => {
-    closeWithGrace({ delay: 10_000, skip: ['SIGHUP'] }, async ({ signal, err }) => {
+    closeWithGrace({ delay: 15_000, skip: ['SIGHUP'] }, async ({ signal, err }) => {
       if (err !== undefined) server.logger.error({ err }, 'shutting down after an error')
       else server.logger.info({ signal }, 'shutting down')
       await server.close()

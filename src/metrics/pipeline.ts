@@ -4,6 +4,10 @@
 // each batch with a uuid, to every handler at once. Every handler has its own bounded backlog and
 // runs one batch at a time, so a slow or failing handler never holds up another.
 //
+// A handler whose `handle` has not settled after HANDLER_TIMEOUT_MS is stalled: that batch counts
+// as failed for it, and until the call settles it is called no more and loses its oldest batches
+// like a lossy handler, so a hung handler cannot pace the devices (nor grow memory) for the rest.
+//
 // Backpressure: when the queue reaches its high-water mark (`queuePoints`) the pipeline is
 // saturated until it drains to the low-water mark (half). While saturated, a publish is held:
 // its `done` (which lets Aedes acknowledge it and read on from that connection) is called once
@@ -33,6 +37,10 @@ export const MAX_HELD_BYTES = 16 * 1024 * 1024
  * after it (postgres: at most 5 s + 1 s) it fits inside the grace period of `shepherd start` (15 s).
  */
 export const FLUSH_TIMEOUT_MS = 4_000
+/** How long a handler's `handle` may take before the handler counts as stalled. */
+export const HANDLER_TIMEOUT_MS = 30_000
+/** How long shutdown waits for one handler's `close`. */
+export const HANDLER_CLOSE_TIMEOUT_MS = 8_000
 
 export const DROP_REASONS = ['saturated_qos0', 'overloaded'] as const
 export type DropReason = typeof DROP_REASONS[number]
@@ -74,6 +82,8 @@ export interface PipelineOptions {
   maxBatchPoints?: number
   maxBatchDelayMs?: number
   backlogBatches?: number
+  handlerTimeoutMs?: number
+  handlerCloseTimeoutMs?: number
   now?: () => Date
 }
 
@@ -82,6 +92,8 @@ interface Runner {
   lossy: boolean
   backlog: MetricBatch[]
   running: boolean
+  /** Its call has outlived HANDLER_TIMEOUT_MS: it gets no batch until that call settles, and loses its oldest ones. */
+  stalled: boolean
 }
 
 /** A held publish; `publish` is undefined for a QoS 0 publish whose points were dropped. */
@@ -100,7 +112,9 @@ export function createMetricsPipeline (options: PipelineOptions) {
   const maxBatchPoints = options.maxBatchPoints ?? MAX_BATCH_POINTS
   const maxBatchDelayMs = options.maxBatchDelayMs ?? MAX_BATCH_DELAY_MS
   const backlogBatches = options.backlogBatches ?? HANDLER_BACKLOG_BATCHES
-  const runners: Runner[] = options.handlers.map(handler => ({ handler, lossy: handler.lossy === true, backlog: [], running: false }))
+  const handlerTimeoutMs = options.handlerTimeoutMs ?? HANDLER_TIMEOUT_MS
+  const handlerCloseTimeoutMs = options.handlerCloseTimeoutMs ?? HANDLER_CLOSE_TIMEOUT_MS
+  const runners: Runner[] = options.handlers.map(handler => ({ handler, lossy: handler.lossy === true, backlog: [], running: false, stalled: false }))
 
   const queue: Array<{ points: MetricPoint[], at: number }> = []
   let queued = 0
@@ -151,7 +165,7 @@ export function createMetricsPipeline (options: PipelineOptions) {
     return points
   }
 
-  const hasRoom = (): boolean => runners.every(r => r.lossy || r.backlog.length < backlogBatches)
+  const hasRoom = (): boolean => runners.every(r => r.lossy || r.stalled || r.backlog.length < backlogBatches)
 
   /** Cuts the batches that are due, while every non-lossy handler has room for one. */
   function pump (): void {
@@ -176,7 +190,7 @@ export function createMetricsPipeline (options: PipelineOptions) {
 
   function dispatch (batch: MetricBatch): void {
     for (const runner of runners) {
-      if (runner.backlog.length >= backlogBatches) { // only a lossy handler gets here
+      if (runner.backlog.length >= backlogBatches) { // only a lossy or stalled handler gets here
         runner.backlog.shift()
         stats.handlerBatchDropped(runner.handler.name)
       }
@@ -190,9 +204,22 @@ export function createMetricsPipeline (options: PipelineOptions) {
     runner.running = true
     const batch = runner.backlog.shift()!
     const started = performance.now()
+    const stall = setTimeout(() => {
+      runner.stalled = true
+      stats.handlerRan(runner.handler.name, handlerTimeoutMs / 1000, true)
+      logger.error({ handler: runner.handler.name, batch: batch.id, timeout_ms: handlerTimeoutMs }, 'metrics handler did not answer in time; until it does, its batches are dropped so that it holds up no other')
+      if (!runner.lossy && queued > 0) immediate ??= setImmediate(pump)
+    }, handlerTimeoutMs)
+    stall.unref()
     const finish = (failed: boolean, error?: unknown): void => {
-      stats.handlerRan(runner.handler.name, (performance.now() - started) / 1000, failed)
-      if (failed) logger.error({ handler: runner.handler.name, batch: batch.id, points: batch.points.length, err: error }, 'metrics handler failed; its batch is lost for it')
+      clearTimeout(stall)
+      if (runner.stalled) {
+        runner.stalled = false
+        logger.warn({ handler: runner.handler.name, batch: batch.id, after_ms: Math.round(performance.now() - started), failed }, 'stalled metrics handler answered; it gets batches again')
+      } else {
+        stats.handlerRan(runner.handler.name, (performance.now() - started) / 1000, failed)
+        if (failed) logger.error({ handler: runner.handler.name, batch: batch.id, points: batch.points.length, err: error }, 'metrics handler failed; its batch is lost for it')
+      }
       runner.running = false
       run(runner)
       if (!runner.lossy && queued > 0) immediate ??= setImmediate(pump)
@@ -289,10 +316,17 @@ export function createMetricsPipeline (options: PipelineOptions) {
         logger.warn({ queuedPoints: queued, backlogs: Object.fromEntries(runners.map(r => [r.handler.name, r.backlog.length])) }, 'metrics pipeline did not flush in time; the rest is lost')
       }
       await Promise.all(runners.map(async ({ handler }) => {
+        let deadline: NodeJS.Timeout | undefined
         try {
-          await handler.close?.()
+          const closedInTime = await Promise.race([
+            Promise.resolve(handler.close?.()).then(() => true),
+            new Promise<boolean>(resolve => { deadline = setTimeout(() => { resolve(false) }, handlerCloseTimeoutMs) })
+          ])
+          if (!closedInTime) logger.error({ handler: handler.name, timeout_ms: handlerCloseTimeoutMs }, 'metrics handler did not close in time')
         } catch (error) {
           logger.error({ handler: handler.name, err: error }, 'metrics handler failed to close')
+        } finally {
+          clearTimeout(deadline)
         }
       }))
     })()

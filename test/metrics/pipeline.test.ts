@@ -152,3 +152,42 @@ t.test('close waits for the flush at most its timeout, then closes the handlers'
   pipeline.ingest(publish(1), () => { acked = true })
   t.ok(acked, 'after close a publish is acknowledged and ignored')
 })
+
+t.test('a handler that does not answer is stalled: the others get every batch, it loses its oldest, and it gets batches again once it answers', async (t) => {
+  let answer!: () => void
+  let calls = 0
+  const hung: MetricsHandler & { batches: MetricBatch[] } = {
+    name: 'hung',
+    batches: [],
+    async handle (batch) {
+      calls += 1
+      if (calls === 1) await new Promise<void>(resolve => { answer = resolve })
+      hung.batches.push(batch)
+    }
+  }
+  const steady = handler('steady')
+  const { counts, stats: pipelineStats } = stats()
+  const pipeline = createMetricsPipeline(base([hung, steady], { stats: pipelineStats, maxBatchPoints: 10, backlogBatches: 2, handlerTimeoutMs: 100 }))
+  // far more than fits while the hung handler holds its backlog: without the stall, the queue would saturate and hold these
+  let acked = 0
+  for (let i = 0; i < 50; i++) pipeline.ingest(publish(10), () => { acked++ })
+  await until(() => steady.batches.length === 50, 'the steady handler got every batch')
+  t.equal(acked, 50, 'every publish acknowledged')
+  t.equal(calls, 1, 'a stalled handler is not called again while its call is open')
+  t.ok((counts.handlerDropped.hung ?? 0) >= 40, 'it lost its oldest batches')
+  answer()
+  await until(() => hung.batches.length === 3, 'the first batch and its backlog of 2 once it answered')
+  for (let i = 0; i < 5; i++) pipeline.ingest(publish(10), () => {})
+  await until(() => hung.batches.length === 8 && steady.batches.length === 55, 'batches for both again')
+  await pipeline.close()
+})
+
+t.test('close gives each handler a bounded time to close', async (t) => {
+  const neverCloses: MetricsHandler = { name: 'never', async handle () {}, close: () => new Promise<void>(() => {}) }
+  const fine = handler('fine')
+  const pipeline = createMetricsPipeline(base([neverCloses, fine], { handlerCloseTimeoutMs: 100 }))
+  const started = Date.now()
+  await pipeline.close()
+  t.ok(Date.now() - started < 2000, 'close returns')
+  t.ok(fine.closed)
+})

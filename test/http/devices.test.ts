@@ -141,7 +141,7 @@ for (const database of DATABASES) {
         const response = await ts.api('PATCH', `/api/devices/${serial}`, { body })
         t.equal(response.status, 400, JSON.stringify(body))
         t.equal(response.body.error, 'invalid_request')
-        t.equal(response.body.field, field, `${JSON.stringify(body)} names ${field ?? 'no field'}`)
+        t.equal(response.body.field, field, `${JSON.stringify(body)} names ${JSON.stringify(field) ?? 'no field'}`)
       }
       const malformed = await ts.api('PATCH', `/api/devices/${serial}`, { body: '{"nickname": ' })
       t.match(malformed, { status: 400, body: { error: 'malformed_json' } })

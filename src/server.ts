@@ -74,6 +74,8 @@ export interface ServerOptions {
   sysIntervalMs?: number
   /** Bytes waiting to be sent to an MQTT connection before it is closed as not reading (default 8 MiB). */
   mqttMaxBufferedBytes?: number
+  /** How often live observer sessions are checked against their accounts (default 10 s). */
+  observerRecheckMs?: number
 }
 
 export interface ShepherdServer {
@@ -105,6 +107,7 @@ export interface ShepherdServer {
 }
 
 const PRE_AUTH_PACKET_BYTES = MAX_PASSWORD_BYTES + 4096 // the CONNECT: password plus ids, will, header
+const OBSERVER_RECHECK_MS = 10_000
 
 function isLoopback (host: string): boolean {
   return host === '127.0.0.1' || host === '::1' || host === 'localhost'
@@ -191,13 +194,20 @@ export async function createServer (config: Config, options: ServerOptions = {})
       commands, publish, downloadUrl: id => publicUrl() + downloadUrls.path(id), events, logger, stageTimeoutSeconds: config.updateStageTimeoutSeconds
     })
     updatesForCommands = updates
-    const passwordFile = config.mqttPasswordFile === undefined ? undefined : await openPasswordFile(config.mqttPasswordFile, logger)
+    // observer sessions whose account or file user went away are closed: at once for a change seen
+    // here, within OBSERVER_RECHECK_MS for an account removed by the CLI or on another node
+    let dropRevokedObservers = (): void => {}
+    const passwordFile = config.mqttPasswordFile === undefined ? undefined : await openPasswordFile(config.mqttPasswordFile, logger, () => { dropRevokedObservers() })
     if (passwordFile !== undefined) cleanups.push(async () => { passwordFile.close() })
     const observers = createObservers({ repo: createObserverRepository(db.knex), passwordFile: () => passwordFile?.current() })
     const gateway = createDeviceGateway({
       authenticator, registry, presence, publish, logger, stats: telemetry.stats, metrics: pipeline, commands, updates,
-      observers: { verify: observers.verify, isDevice: async clientId => await repo.find(clientId) !== undefined }
+      observers: { verify: observers.verify, stillValid: observers.stillValid, isDevice: async clientId => await repo.find(clientId) !== undefined }
     })
+    dropRevokedObservers = () => { gateway.dropRevokedObservers().catch((error: unknown) => { logger.warn({ err: error }, 'could not check the observer sessions') }) }
+    const observerRecheck = setInterval(dropRevokedObservers, options.observerRecheckMs ?? OBSERVER_RECHECK_MS)
+    observerRecheck.unref()
+    cleanups.push(async () => { clearInterval(observerRecheck) })
     disconnectDevice = (serial) => { gateway.disconnectDevice(serial, 'revoked') }
     // commands queued by any node or the CLI (PostgreSQL NOTIFY): the node the device listens on delivers them
     deliverQueuedCommands = (serial) => { if (gateway.isListeningHere(serial, 'commands')) void commands.deliverQueued(serial) }
@@ -272,7 +282,7 @@ export async function createServer (config: Config, options: ServerOptions = {})
       'command.get': async ({ id }) => await commands.get(String(id)) ?? null,
       'observer.add': async ({ name }) => await observers.add(String(name)),
       'observer.list': async () => await observers.list(),
-      'observer.remove': async ({ name }) => await observers.remove(String(name)),
+      'observer.remove': async ({ name }) => { const removed = await observers.remove(String(name)); dropRevokedObservers(); return removed },
       'firmware.register': async ({ meta, staged }) => await firmwareStore.register(meta as MetaInput, staged as StagedFile)
     })
 

@@ -41,7 +41,7 @@ async function remove (args: string[], output: Output): Promise<void> {
   const name = nameOf(args)
   const removed = await viaServerOrDatabase<boolean>(loadConfig(), 'observer.remove', { name }, db => observersOf(db).remove(name))
   if (!removed) throw new CommandError(`no observer named ${JSON.stringify(name)}`)
-  output.out(`observer ${JSON.stringify(name)} removed (its open connections stay until they close; new logins are refused)`)
+  output.out(`observer ${JSON.stringify(name)} removed (new logins are refused; its open connections are closed within 10 s)`)
 }
 
 export const observer = withSubcommands('observer', { add, list, remove })

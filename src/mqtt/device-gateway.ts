@@ -14,6 +14,7 @@ import type { Publish } from '../ports.js'
 import type { MetricsPipeline } from '../metrics/pipeline.js'
 import type { Commands } from '../commands/commands.js'
 import type { Updates } from '../firmware/updates.js'
+import type { ObserverGrant } from '../observers/observers.js'
 import { deviceTopic, isValidSerial, parseDeviceTopic } from '../topics.js'
 
 /** What we know about an accepted device connection. */
@@ -62,7 +63,9 @@ export interface DeviceGatewayDeps {
   updates?: Pick<Updates, 'recordStatus' | 'infoReported' | 'deviceListening'>
   /** Read-only logins for third-party tools; without it, a password that is no device credential is refused. */
   observers?: {
-    verify (name: string, password: Buffer): Promise<boolean>
+    verify (name: string, password: Buffer): Promise<ObserverGrant | undefined>
+    /** Whether the grant of a live session still holds (the account or file user was not removed or changed). */
+    stillValid (name: string, grant: ObserverGrant): Promise<boolean>
     /** Whether `clientId` is a registered device's serial (an observer may not take its session). */
     isDevice (clientId: string): Promise<boolean>
   }
@@ -85,10 +88,11 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
   const sessions = new WeakMap<Client, DeviceSession>()
   /** Observer logins, by client: the account name. */
   const observerSessions = new WeakMap<Client, string>()
+  const observerGrants = new WeakMap<Client, ObserverGrant>()
   /** Device connections that are ready (counted for telemetry and $SYS). */
   const readyDevices = new Set<Client>()
   /** CONNECT packets between preConnect and authenticate, to drop the credential once checked, with the password parsed once. */
-  const connects = new WeakMap<Client, { packet: { password?: Buffer }, credential: DeviceCredential | undefined }>()
+  const connects = new WeakMap<Client, { packet: { password?: Buffer }, credential: DeviceCredential | undefined, emptyIdWithSession: boolean }>()
   /** The latest accepted connection per serial, until it is ready (a takeover in progress). */
   const takers = new Map<string, Client>()
   let aedes: Aedes | undefined
@@ -107,7 +111,8 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
       logger.warn({ observer: username, clientId: client.id, reason, detail, remote: remoteAddress(client) }, 'observer connection refused')
       return authError(reason, detail, OBSERVER_REFUSAL_CODES[reason])
     }
-    if (username === undefined || username === '' || password === undefined || !await observers!.verify(username, password)) {
+    const grant = username === undefined || username === '' || password === undefined ? undefined : await observers!.verify(username, password)
+    if (grant === undefined) {
       if (username === client.id && isValidSerial(username)) {
         // shaped like a device's login (client id = username = a serial): said as a device refusal
         const detail = 'password is neither a device credential (a JSON object with cert, at most 16 KiB) nor an observer\'s password'
@@ -120,7 +125,8 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
     if (isValidSerial(client.id) && await observers!.isDevice(client.id)) {
       return refuse('observer_client_id_is_a_device', 'the client id is a device\'s serial; an observer may not take over a device\'s session')
     }
-    observerSessions.set(client, username)
+    observerSessions.set(client, username!)
+    observerGrants.set(client, grant)
     logger.info({ observer: username, clientId: client.id, remote: remoteAddress(client) }, 'observer connected')
     return undefined
   }
@@ -150,8 +156,10 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
       // Observers get clean sessions: nothing is queued for a tool that went away (MQTT lets the
       // server answer sessionPresent 0; a client, or a bridge, subscribes again on every connect).
       const credential = parseDeviceCredential(packet.password)
+      // MQTT-3.1.3-8: an empty client id asks for a session only the id could name (checked before clean is forced)
+      const emptyIdWithSession = packet.clientId === '' && !packet.clean
       if (observers !== undefined && credential === undefined) packet.clean = true
-      connects.set(client, { packet, credential })
+      connects.set(client, { packet, credential, emptyIdWithSession })
       callback(null, true)
     },
 
@@ -161,6 +169,13 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
         done(authError('server_unavailable', 'server unavailable', 3), false)
       }
       const connect = connects.get(client)
+      if (connect?.emptyIdWithSession === true) {
+        forgetCredential(client)
+        stats.connectRefused('empty_client_id_with_session')
+        logger.warn({ username, reason: 'empty_client_id_with_session', remote: remoteAddress(client) }, 'connection refused: an empty client id needs a clean session (MQTT-3.1.3-8)')
+        done(authError('empty_client_id_with_session', 'an empty client id needs a clean session', 2), false)
+        return
+      }
       const credential = connect === undefined ? parseDeviceCredential(password) : connect.credential
       if (observers !== undefined && credential === undefined) {
         authenticateObserver(client, username, password).then((refusal) => {
@@ -355,11 +370,24 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
     return true
   }
 
+  /** Closes the observer sessions whose account or password-file user was removed or changed since they logged in. */
+  async function dropRevokedObservers (): Promise<void> {
+    for (const client of Object.values(clientsOf(aedes))) {
+      const grant = client === undefined ? undefined : observerGrants.get(client)
+      if (client === undefined || grant === undefined || client.closed) continue
+      const name = observerSessions.get(client)!
+      if (await observers!.stillValid(name, grant)) continue
+      logger.info({ observer: name, clientId: client.id, reason: 'observer_removed' }, 'observer disconnected: its account or password was removed or changed')
+      client.close()
+    }
+  }
+
   return {
     hooks,
     beforeListen,
     attach,
     disconnectDevice,
+    dropRevokedObservers,
     /** Whether the device's connection is on this node and subscribed to this topic of its own. */
     isListeningHere (serial: string, leaf: 'commands'): boolean {
       const client = clientsOf(aedes)[serial]

@@ -3,7 +3,7 @@
 // scrypt hash; the users of a mosquitto_passwd file (MQTT_PASSWORD_FILE) log in as observers too.
 // Knows nothing of MQTT or knex.
 import { randomBytes, scrypt, timingSafeEqual, type ScryptOptions } from 'node:crypto'
-import { verifyPasswdHash, type PasswordFile } from './passwd-file.js'
+import { verifyPasswdHash, type PasswdHash, type PasswordFile } from './passwd-file.js'
 
 export interface ObserverRecord { name: string, inserted_at: Date }
 
@@ -17,6 +17,11 @@ export interface ObserverRepository {
 }
 
 export type AddObserverResult = { ok: true, password: string } | { ok: false, reason: 'name_taken' | 'invalid_name' }
+
+/** What admitted an observer's login: an account made here or a user of the password file, by the hash it was checked against. */
+export interface ObserverGrant { source: 'account' | 'file', hash: string }
+
+const fileHashOf = (hash: PasswdHash): string => `${hash.kind}$${'iterations' in hash ? hash.iterations : ''}$${hash.salt.toString('base64')}$${hash.hash.toString('base64')}`
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$/
 const SCRYPT = { N: 16_384, r: 8, p: 1 }
@@ -48,6 +53,8 @@ export function isValidObserverName (name: string): boolean {
 
 export function createObservers (deps: { repo: ObserverRepository, passwordFile?: () => PasswordFile | undefined }) {
   const { repo } = deps
+  // compared against when the name is unknown, so that a wrong name costs what a wrong password does
+  const unknownName = hashPassword(randomBytes(18).toString('base64url'))
   return {
     async add (name: string): Promise<AddObserverResult> {
       if (!isValidObserverName(name)) return { ok: false, reason: 'invalid_name' }
@@ -55,12 +62,25 @@ export function createObservers (deps: { repo: ObserverRepository, passwordFile?
       return await repo.insert(name, await hashPassword(password)) ? { ok: true, password } : { ok: false, reason: 'name_taken' }
     },
 
-    /** Whether the login is an observer's: an account made here, else a user of the password file. */
-    async verify (name: string, password: Buffer): Promise<boolean> {
+    /**
+     * Admits an observer's login: an account made here decides for its name, else a user of the
+     * password file of that name. Undefined for a wrong name or password.
+     */
+    async verify (name: string, password: Buffer): Promise<ObserverGrant | undefined> {
       const stored = await repo.passwordHash(name)
-      if (stored !== undefined && await verifyPassword(stored, password)) return true
+      if (stored !== undefined) return await verifyPassword(stored, password) ? { source: 'account', hash: stored } : undefined
       const fromFile = deps.passwordFile?.()?.users.get(name)
-      return fromFile !== undefined && await verifyPasswdHash(fromFile, password)
+      if (fromFile !== undefined) return await verifyPasswdHash(fromFile, password) ? { source: 'file', hash: fileHashOf(fromFile) } : undefined
+      await verifyPassword(await unknownName, password)
+      return undefined
+    },
+
+    /** Whether what admitted a login still would: the account or file user is there, with the same password. */
+    async stillValid (name: string, grant: ObserverGrant): Promise<boolean> {
+      const stored = await repo.passwordHash(name)
+      if (grant.source === 'account') return stored === grant.hash
+      const fromFile = deps.passwordFile?.()?.users.get(name)
+      return stored === undefined && fromFile !== undefined && fileHashOf(fromFile) === grant.hash
     },
 
     list: () => repo.list(),

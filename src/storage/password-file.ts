@@ -1,6 +1,7 @@
 // MQTT_PASSWORD_FILE: read at start (a file that cannot be read stops the start, naming the
 // setting), then read again when it changes (polled, so an editor that replaces the file is seen
-// too) or on `reload()` (SIGHUP). A file that cannot be read later keeps the users read before.
+// too) or on `reload()` (SIGHUP). A file that cannot be read later has no users, as with
+// Mosquitto: deleting it shuts its users out. `onRead` runs after every read again.
 import { readFile } from 'node:fs/promises'
 import { unwatchFile, watchFile } from 'node:fs'
 import { StartupError } from '../errors.js'
@@ -15,7 +16,7 @@ export interface WatchedPasswordFile {
   close (): void
 }
 
-export async function openPasswordFile (file: string, logger: Logger): Promise<WatchedPasswordFile> {
+export async function openPasswordFile (file: string, logger: Logger, onRead: () => void = () => {}): Promise<WatchedPasswordFile> {
   const read = async (): Promise<PasswordFile> => {
     const parsed = parsePasswordFile(await readFile(file, 'utf8'))
     for (const problem of parsed.problems) logger.warn({ file, problem }, 'MQTT_PASSWORD_FILE: a line was left out')
@@ -34,8 +35,10 @@ export async function openPasswordFile (file: string, logger: Logger): Promise<W
       current = await read()
       logger.info({ file, users: current.users.size }, 'observer password file read again')
     } catch (error) {
-      logger.error({ file, err: error }, 'MQTT_PASSWORD_FILE could not be read again; its previous users stay')
+      current = { users: new Map(), problems: [] }
+      logger.error({ file, err: error }, 'MQTT_PASSWORD_FILE cannot be read: none of its users can log in until it can')
     }
+    onRead()
   }
   const onChange = (): void => { void reload() }
   watchFile(file, { interval: POLL_MS, persistent: false }, onChange)

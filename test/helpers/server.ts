@@ -50,6 +50,7 @@ export interface TestServerOptions {
   sseHeartbeatMs?: number
   sysIntervalMs?: number
   mqttMaxBufferedBytes?: number
+  observerRecheckMs?: number
   /** Keep the database after close (to restart on it). */
   keepDatabase?: boolean
 }
@@ -106,7 +107,8 @@ export async function startTestServer (t: Test, options: TestServerOptions = {})
     heartbeatIntervalMs: options.heartbeatIntervalMs,
     sseHeartbeatMs: options.sseHeartbeatMs,
     sysIntervalMs: options.sysIntervalMs,
-    mqttMaxBufferedBytes: options.mqttMaxBufferedBytes
+    mqttMaxBufferedBytes: options.mqttMaxBufferedBytes,
+    observerRecheckMs: options.observerRecheckMs
   })
   const { httpPort, mqttPort } = await server.listen({ http: 0, mqtt: 0 })
   let closed = false

@@ -14,7 +14,7 @@ import { parsePasswordFile, verifyPasswdHash } from '../../src/observers/passwd-
 import { deviceTopic } from '../../src/topics.js'
 import { uniqueSerial } from '../helpers/pki.js'
 import { eventually, startTestServer, type TestServer } from '../helpers/server.js'
-import { subackOf } from '../helpers/connect.js'
+import { connectPacket, rawConnackCode, subackOf } from '../helpers/connect.js'
 
 async function mosquittoPasswd (file: string, user: string, password: string, sha512 = false): Promise<void> {
   const exists = await readFile(file).then(() => true, () => false)
@@ -60,7 +60,7 @@ t.test('observers', async (t) => {
   t.teardown(() => rm(dir, { recursive: true, force: true }))
   const passwordFile = path.join(dir, 'passwd')
   await mosquittoPasswd(passwordFile, 'grafana', 'from-the-file')
-  const ts = await startTestServer(t, { env: { MQTT_PASSWORD_FILE: passwordFile }, sysIntervalMs: 200 })
+  const ts = await startTestServer(t, { env: { MQTT_PASSWORD_FILE: passwordFile }, sysIntervalMs: 200, observerRecheckMs: 200 })
   const created = await ts.server.observers.add('explorer')
   if (!created.ok) throw new Error('observer not created')
   const serial = uniqueSerial('watched')
@@ -109,6 +109,13 @@ t.test('observers', async (t) => {
     t.match(await ts.server.metrics(), /shepherd_device_connect_refusals_total\{reason="observer_bad_credentials"\} [3-9]/)
   })
 
+  t.test('an empty client id asking for a session is refused with 2 (MQTT-3.1.3-8), before clean sessions are forced', async (t) => {
+    const persistent = Buffer.from(connectPacket({ clientId: '', username: 'explorer', password: created.password }))
+    persistent[9] = persistent[9]! & ~0x02 // the clean session flag off
+    t.equal(await rawConnackCode(ts.mqttUrl, persistent), 2)
+    t.equal(await rawConnackCode(ts.mqttUrl, connectPacket({ clientId: '', username: 'explorer', password: created.password })), 0, 'with a clean session it is fine')
+  })
+
   t.test('observers get clean sessions: nothing is kept for a tool that went away', async (t) => {
     const first = await observer(t, ts, 'explorer', created.password, { clientId: 'forgetful-tool', clean: false })
     await first.subscribeAsync(deviceTopic(serial, 'metrics'), { qos: 1 })
@@ -121,14 +128,43 @@ t.test('observers', async (t) => {
     t.same(messages, [], 'no queued messages')
   })
 
-  t.test('a mosquitto_passwd user logs in; the file is read again when it changes', async (t) => {
+  t.test('a mosquitto_passwd user logs in; the file is read again when it changes; a removed user is disconnected', async (t) => {
     const fromFile = await observer(t, ts, 'grafana', 'from-the-file')
     t.ok(fromFile.connected)
     t.equal(await refusedWith(ts, { username: 'nodered', password: 'added-later' }), 4)
     await mosquittoPasswd(passwordFile, 'nodered', 'added-later', true)
     await eventually(async () => await refusedWith(ts, { username: 'nodered', password: 'added-later' }) === undefined, 5000, 'the new user accepted')
+    const closed = new Promise<void>(resolve => fromFile.once('close', () => { resolve() }))
     execFileSync('mosquitto_passwd', ['-D', passwordFile, 'grafana'])
     await ts.server.reloadPasswordFile()
     t.equal(await refusedWith(ts, { username: 'grafana', password: 'from-the-file' }), 4, 'a removed user is refused')
+    await closed
+    t.pass('and its open session closed')
+    t.ok(ts.logs.some(line => line.reason === 'observer_removed' && line.observer === 'grafana'))
+  })
+
+  t.test('an account decides for its name over a file user of the same name; removing it closes its sessions', async (t) => {
+    await mosquittoPasswd(passwordFile, 'twice', 'file-password')
+    await ts.server.reloadPasswordFile()
+    const account = await ts.server.observers.add('twice')
+    if (!account.ok) throw new Error('not created')
+    t.equal(await refusedWith(ts, { username: 'twice', password: 'file-password' }), 4, 'the file password does not open the account')
+    const session = await observer(t, ts, 'twice', account.password)
+    const closed = new Promise<void>(resolve => session.once('close', () => { resolve() }))
+    await ts.server.observers.remove('twice')
+    await closed
+    t.pass('the account\'s session closed once the account was removed')
+    t.equal(await refusedWith(ts, { username: 'twice', password: account.password }), 4)
+    t.equal(await refusedWith(ts, { username: 'twice', password: 'file-password' }), undefined, 'the file user of that name logs in again')
+  })
+
+  t.test('a password file that cannot be read any more has no users', async (t) => {
+    await mosquittoPasswd(passwordFile, 'late', 'late-password')
+    await ts.server.reloadPasswordFile()
+    t.equal(await refusedWith(ts, { username: 'late', password: 'late-password' }), undefined)
+    await rm(passwordFile)
+    await ts.server.reloadPasswordFile()
+    t.equal(await refusedWith(ts, { username: 'late', password: 'late-password' }), 4, 'refused once the file is gone')
+    t.ok(ts.logs.some(line => line.msg === 'MQTT_PASSWORD_FILE cannot be read: none of its users can log in until it can'))
   })
 })

@@ -30,8 +30,11 @@ export interface ValidationOptions {
   maxAgeSeconds: number
 }
 
-// Control characters (C0, DEL, C1) and lone UTF-16 surrogates, which no database text column takes.
-const UNPRINTABLE = /[\p{Cc}\p{Cs}]/u
+// Not printable: control characters (C0, DEL, C1), lone UTF-16 surrogates (no database text
+// column takes them), format characters (zero-width spaces and joiners, bidirectional overrides)
+// and line and paragraph separators.
+const UNPRINTABLE = /[\p{Cc}\p{Cs}\p{Cf}\p{Zl}\p{Zp}]/u
+const BLANK = /^\s*$/u
 // Date and time with seconds optional, fraction optional, and a zone required (no local times).
 const ISO_8601 = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?(?:Z|([+-])(\d{2}):?(\d{2}))$/i
 const DAYS_IN_MONTH = [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
@@ -40,7 +43,7 @@ const GREGORIAN_CYCLE_MS = 146_097 * 86_400_000
 const isLeapYear = (year: number): boolean => year % 4 === 0 && (year % 100 !== 0 || year % 400 === 0)
 
 function isText (value: unknown, maxLength: number, minLength: number): value is string {
-  if (typeof value !== 'string' || UNPRINTABLE.test(value)) return false
+  if (typeof value !== 'string' || UNPRINTABLE.test(value) || (minLength > 0 && BLANK.test(value))) return false
   // UTF-16 units ≥ code points: count the code points only when the units are over the limit
   const length = value.length <= maxLength ? value.length : [...value].length
   return length >= minLength && length <= maxLength

@@ -42,6 +42,11 @@ t.test('name: 1-128 printable characters', async (t) => {
     t.equal(reasonOf(point({ name: `a${control}b` })), 'invalid_name', `control character U+${control.charCodeAt(0).toString(16).padStart(4, '0')}`)
   }
   t.equal(reasonOf(point({ name: 'a\ud800b' })), 'invalid_name', 'a lone surrogate')
+  for (const invisible of ['\u200b', 'a\u202eb', 'a\u2028b', 'a\u2029b', '\ufeffname']) {
+    t.equal(reasonOf(point({ name: invisible })), 'invalid_name', `format character or separator U+${[...invisible].find(c => !/[a-z]/.test(c))!.codePointAt(0)!.toString(16).padStart(4, '0')}`)
+  }
+  t.equal(reasonOf(point({ name: '   ' })), 'invalid_name', 'only spaces')
+  t.equal(reasonOf(point({ name: ' a ' })), undefined, 'spaces around a name are kept')
 })
 
 t.test('value: a finite number', async (t) => {

@@ -82,6 +82,7 @@ for (const database of DATABASES) {
         [`since=${at(0).toISOString()}&until=${at(10).toISOString()}`, 'since'],
         ['limit=0', 'limit'], ['limit=1001', 'limit'], ['limit=ten', 'limit'],
         ['cursor=not-a-cursor', 'cursor'], [`cursor=${Buffer.from('1:x').toString('base64url')}`, 'cursor'],
+        [`cursor=${Buffer.from('1:9999999999999999999').toString('base64url')}`, 'cursor'], [`cursor=${Buffer.from('-999999999999999999:1').toString('base64url')}`, 'cursor'],
         ['name=', 'name'], ['colour=red', 'colour']
       ] as const) {
         const response = await ts.api('GET', `/api/devices/m-1/metrics?${query}`)

@@ -25,12 +25,16 @@ const MetricsQuery = Type.Object({
   cursor: Type.Optional(Type.String({ maxLength: 200, description: 'next_cursor of the previous page' }))
 }, { additionalProperties: false })
 
+const MAX_BIGINT = 2n ** 63n - 1n
+const MAX_CURSOR_US = 10n ** 17n
+
 /** The cursor key: recorded_at in microseconds and the row id. */
 function positionOf (cursor: string | undefined): { recordedUs: string, id: string } | undefined {
   const key = afterCursor(cursor)
   if (key === undefined) return undefined
   const match = /^(-?\d{1,18}):(\d{1,19})$/.exec(key)
-  if (match === null) throw new InvalidCursor()
+  // within bigint, and within the years PostgreSQL's timestamps hold (±1e17 µs: years 1 to 5138 are enough)
+  if (match === null || BigInt(match[2]!) > MAX_BIGINT || BigInt(match[1]!) > MAX_CURSOR_US || BigInt(match[1]!) < -MAX_CURSOR_US) throw new InvalidCursor()
   return { recordedUs: match[1]!, id: match[2]! }
 }
 

@@ -18,9 +18,9 @@
 //
 // Bounds: queue ≤ queuePoints + MAX_POINTS_PER_MESSAGE points; each handler ≤
 // (HANDLER_BACKLOG_BATCHES + 1) × MAX_BATCH_POINTS points; held publishes keep their payload (the
-// packet Aedes holds anyway), at most MAX_HELD_BYTES in all — beyond that a QoS 1 publish is
-// dropped and counted as `overloaded`. A held connection reads nothing, so each holds at most
-// what one socket read parsed.
+// packet Aedes holds anyway), at most MAX_HELD_BYTES in all — beyond that a QoS 1 publish's
+// connection is closed without acknowledging it (the device sends it again). A held connection
+// reads nothing, so each holds at most what one socket read parsed.
 import { randomUUID } from 'node:crypto'
 import { performance } from 'node:perf_hooks'
 import type { Logger } from '../logger.js'
@@ -42,7 +42,7 @@ export const HANDLER_TIMEOUT_MS = 30_000
 /** How long shutdown waits for one handler's `close`. */
 export const HANDLER_CLOSE_TIMEOUT_MS = 8_000
 
-export const DROP_REASONS = ['saturated_qos0', 'overloaded'] as const
+export const DROP_REASONS = ['saturated_qos0'] as const
 export type DropReason = typeof DROP_REASONS[number]
 
 export interface PipelineStats {
@@ -52,6 +52,8 @@ export interface PipelineStats {
   pointsDropped (reason: DropReason, count: number): void
   handlerRan (handler: string, seconds: number, failed: boolean): void
   handlerBatchDropped (handler: string): void
+  /** A QoS 1 publish beyond the held-bytes cap: its connection was closed without acknowledging it. */
+  overloadDisconnect (): void
 }
 
 export interface PipelineState {
@@ -69,6 +71,8 @@ export interface MetricsPublish {
   gone (): boolean
   /** Tells the device why points were dropped (its errors topic). */
   report (reason: string): void
+  /** Closes the device's connection without acknowledging this publish, which the device sends again once reconnected. */
+  disconnect (reason: string): void
 }
 
 export interface PipelineOptions {
@@ -100,7 +104,7 @@ interface Runner {
 interface Held { publish: MetricsPublish | undefined, bytes: number, done: () => void, gone: () => boolean }
 
 const noStats: PipelineStats = {
-  pointsAccepted () {}, pointsRejected () {}, payloadRejected () {}, pointsDropped () {}, handlerRan () {}, handlerBatchDropped () {}
+  pointsAccepted () {}, pointsRejected () {}, payloadRejected () {}, pointsDropped () {}, handlerRan () {}, handlerBatchDropped () {}, overloadDisconnect () {}
 }
 
 export function createMetricsPipeline (options: PipelineOptions) {
@@ -290,8 +294,10 @@ export function createMetricsPipeline (options: PipelineOptions) {
     }
     const bytes = Buffer.byteLength(publish.payload)
     if (heldBytes + bytes > MAX_HELD_BYTES) {
-      drop(publish, 'overloaded', 'the server is overloaded')
-      return done()
+      // not acknowledged, so not lost: the device sends it again after reconnecting
+      stats.overloadDisconnect()
+      publish.disconnect('the server is overloaded: too many metrics publishes are waiting; the unacknowledged publish is to be sent again')
+      return
     }
     held.push({ publish, bytes, done, gone })
     heldBytes += bytes

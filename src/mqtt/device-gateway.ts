@@ -240,6 +240,10 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
           report: (reason) => {
             logger.debug({ serial, reason }, 'metric points dropped')
             reportRejection(serial, topic, reason)
+          },
+          disconnect: (reason) => {
+            logger.warn({ serial, reason: 'overloaded', detail: reason }, 'device disconnected without acknowledging its metrics publish')
+            client.close()
           }
         }, () => { callback(null) })
         return

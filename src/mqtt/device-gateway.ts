@@ -15,6 +15,7 @@ import type { MetricsPipeline } from '../metrics/pipeline.js'
 import type { Commands } from '../commands/commands.js'
 import type { Updates } from '../firmware/updates.js'
 import type { ObserverGrant } from '../observers/observers.js'
+import { PacketTooLarge } from './packet-limit.js'
 import { deviceTopic, isValidSerial, parseDeviceTopic } from '../topics.js'
 
 /** What we know about an accepted device connection. */
@@ -315,6 +316,15 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
 
   function attach (broker: Aedes): void {
     aedes = broker
+    const tooLarge = (client: Client, error: Error): void => {
+      if (!(error instanceof PacketTooLarge)) return
+      const session = sessions.get(client)
+      if (session === undefined) stats.connectRefused('packet_too_large')
+      logger.warn({ serial: session?.serial, clientId: client.id, reason: 'packet_too_large', detail: error.message, remote: remoteAddress(client) },
+        session === undefined ? 'connection refused: a packet over the limit before authentication' : 'connection closed: a packet over MQTT_MAX_PACKET_SIZE')
+    }
+    broker.on('connectionError', tooLarge)
+    broker.on('clientError', tooLarge)
     broker.on('clientReady', (client) => {
       const session = sessions.get(client)
       if (session === undefined) return

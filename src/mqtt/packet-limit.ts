@@ -2,6 +2,12 @@
 // authenticated could otherwise announce a 268 MB packet (the MQTT maximum) and make the server
 // collect it. The check runs as soon as mqtt-packet has read the remaining-length field.
 
+export class PacketTooLarge extends Error {
+  constructor (readonly bytes: number, readonly limit: number) {
+    super(`packet of ${bytes} bytes exceeds the limit of ${limit} bytes`)
+  }
+}
+
 /** The parts of Aedes's per-client mqtt-packet parser this module relies on. */
 interface PacketParser {
   packet: { length: number }
@@ -36,7 +42,7 @@ function patchPrototype (parser: PacketParser): void {
     if (!complete || entry === undefined) return complete
     const limit = entry.isAuthenticated(entry.client) ? entry.limits.afterAuthentication : entry.limits.beforeAuthentication
     if (this.packet.length > limit) {
-      this._emitError(new Error(`packet of ${this.packet.length} bytes exceeds the limit of ${limit} bytes`))
+      this._emitError(new PacketTooLarge(this.packet.length, limit))
       return false
     }
     return true

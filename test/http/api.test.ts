@@ -1,5 +1,6 @@
 // What every route shares: the OpenAPI document and docs page, the error shape for unknown
 // routes and for failures inside the server (which must not leak internals).
+import net from 'node:net'
 import t from 'tap'
 import { startTestServer } from '../helpers/server.js'
 
@@ -53,6 +54,21 @@ t.test('unknown routes and server failures answer the error shape, without inter
   t.equal(failed.body.error, 'internal_error')
   t.notMatch(failed.text, /groups|relation|select|at /i, 'no SQL, table name or stack in the answer')
   t.ok(ts.logs.some(line => line.msg === 'request failed' && JSON.stringify(line).includes('groups')), 'the log has the cause')
+})
+
+t.test('a request Node\'s HTTP parser refuses answers the error shape too', async (t) => {
+  const ts = await startTestServer(t)
+  const { hostname, port } = new URL(ts.httpUrl)
+  const answer = await new Promise<string>((resolve, reject) => {
+    const socket = net.connect(Number(port), hostname, () => { socket.write('FOO /api/devices HTTP/1.1\r\nHost: x\r\n\r\n') })
+    let text = ''
+    socket.on('data', (chunk) => { text += chunk.toString() })
+    socket.on('end', () => { resolve(text) })
+    socket.on('error', reject)
+  })
+  t.match(answer, /^HTTP\/1\.1 400 /)
+  const body = JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4)) as Record<string, unknown>
+  t.match(body, { error: 'invalid_request', message: /not valid HTTP/ })
 })
 
 t.test('a refused token is logged with a reason, and the token is not', async (t) => {

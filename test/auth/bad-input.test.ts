@@ -187,7 +187,7 @@ t.test('a CONNECT announcing ~200 MB is cut off before the server buffers it', a
       t.equal(result.received.length, 0, 'no CONNACK for it')
       const logged = await eventually(() => ts.logs.slice(mark).find(line => /packet of 201326591 bytes exceeds the limit/.test(JSON.stringify(line.err ?? ''))), 2000, 'the packet-limit log line').catch(() => undefined)
       t.ok(logged, 'the server logged the 201326591-byte packet as over the limit')
-      if (transport === 'tcp') {
+      if (transport === 'TCP') {
         t.ok(ts.logs.slice(mark).some(line => line.reason === 'packet_too_large' && line.level === 40 && typeof line.remote === 'string'), 'a warning with the reason and the remote address')
       }
     })

@@ -103,7 +103,9 @@ export async function createBroker (settings: BrokerSettings, hooks: BrokerHooks
     handleConnection (stream, remoteAddress) {
       // Aedes keeps its second argument as client.req for the connection's life, and only the
       // remote address is read from it: the whole upgrade request would keep ~1 KiB per device.
-      const request = remoteAddress === undefined ? undefined : { socket: { remoteAddress } } as unknown as IncomingMessage
+      // A TCP socket's own address is taken now too: once the socket is destroyed it reads undefined.
+      const address = remoteAddress ?? (stream as { remoteAddress?: string }).remoteAddress
+      const request = address === undefined ? undefined : { socket: { remoteAddress: address } } as unknown as IncomingMessage
       const client = aedes.handle(stream, request)
       limitPacketSize(client, settings.packetLimits, isAuthenticated)
       neverWaitForDrain(client, settings.maxBufferedBytes ?? MAX_BUFFERED_BYTES, settings.onSlowReader ?? (() => {}))

@@ -251,7 +251,7 @@ export async function createServer (config: Config, options: ServerOptions = {})
     expiry.unref()
 
     const tokens = createApiTokens(createApiTokenRepository(db.knex))
-    const devices = createDeviceAdmin({ repo, registry, kicker: revocations, publish })
+    const devices = createDeviceAdmin({ repo, registry, kicker: revocations, publish, events })
     const metricsRepo = createMetricsRepository(db.knex)
     const http = await buildHttpApp({
       logger, broker: startedBroker, tls,

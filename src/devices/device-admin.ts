@@ -1,5 +1,6 @@
 // What operators do to the registry: list and page through devices, read one, change its
 // nickname, group or metadata, delete it, revoke or restore it. Knows nothing of HTTP.
+import type { EventSink } from '../events/events.js'
 import type { Publish } from '../ports.js'
 import { afterCursor, pageOf, type Page } from '../paging.js'
 import { deviceTopic } from '../topics.js'
@@ -19,10 +20,13 @@ export interface DeviceAdminDeps {
   /** Closes the device's connection wherever it is (all nodes). */
   kicker: RevocationAnnouncer
   publish: Publish
+  events: EventSink
+  now? (): Date
 }
 
 export function createDeviceAdmin (deps: DeviceAdminDeps) {
-  const { repo, registry, kicker, publish } = deps
+  const { repo, registry, kicker, publish, events } = deps
+  const now = deps.now ?? (() => new Date())
 
   return {
     /** Throws InvalidCursor for a cursor this server did not issue. */
@@ -53,7 +57,10 @@ export function createDeviceAdmin (deps: DeviceAdminDeps) {
      * it reconnects: revoke it to keep it out.
      */
     async remove (serial: string): Promise<boolean> {
-      if (!await repo.remove(serial)) return false
+      const device = await repo.find(serial)
+      if (device === undefined || !await repo.remove(serial)) return false
+      // presence finds no row to mark offline once the device is gone: the event is said here
+      if (device.status === 'online') events.emit({ type: 'device.offline', data: { serial, reason: 'deleted', at: now().toISOString() } })
       await kicker.announceRevoked(serial)
       for (const leaf of ['status', 'info', 'firmware'] as const) await publish(deviceTopic(serial, leaf), '', { qos: 1, retain: true })
       return true

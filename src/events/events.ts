@@ -6,7 +6,8 @@ import type { DisconnectReason } from '../devices/types.js'
 /** Every event's data, by type; `serial` is always there (SSE clients filter on it). */
 export interface EventData {
   'device.online': { serial: string, at: string }
-  'device.offline': { serial: string, reason: DisconnectReason, at: string }
+  /** `deleted`: a connected device was deleted (its registry row, which presence follows, is gone). */
+  'device.offline': { serial: string, reason: DisconnectReason | 'deleted', at: string }
   'device.info': { serial: string, firmware_version?: string, firmware_target?: string, firmware_uuid?: string, metadata: Record<string, unknown> }
   /** A device's answer on its `replies` topic, once recorded. */
   'command.reply': { serial: string, id: string, command: string, status: 'ok' | 'error', round_trip_ms: number | null, result?: unknown, error?: string }

@@ -192,6 +192,8 @@ for (const database of DATABASES) {
       await ts.server.broker.publish(deviceTopic(serial, 'firmware'), JSON.stringify({ update_id: 'u' }), { qos: 1, retain: true })
 
       const closed = new Promise<void>(resolve => device.mqtt.once('close', () => { resolve() }))
+      const offline: unknown[] = []
+      t.teardown(ts.server.events.subscribe(event => { if (event.type === 'device.offline' && event.serial === serial) offline.push(JSON.parse(event.json)) }))
       const deleted = await ts.api('DELETE', `/api/devices/${serial}`)
       t.equal(deleted.status, 204)
       t.equal(deleted.text, '')
@@ -201,6 +203,8 @@ for (const database of DATABASES) {
         await eventually(async () => await retainedPayload(ts, deviceTopic(serial, leaf)) === undefined, 5000, `retained ${leaf} cleared`)
       }
       t.equal((await ts.api('DELETE', `/api/devices/${serial}`)).status, 404, 'a second DELETE finds nothing')
+      await eventually(() => offline.length > 0, 3000, 'device.offline for live dashboards')
+      t.match(offline, [{ serial, reason: 'deleted' }])
     })
   })
 }

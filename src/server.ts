@@ -239,7 +239,11 @@ export async function createServer (config: Config, options: ServerOptions = {})
     const sweep = (): void => {
       presence.sweepDeadNodes(startedBroker.liveNodeIds()).catch((error: unknown) => logger.error({ err: error }, 'presence sweep failed'))
     }
-    if (config.redisUrl === undefined) await presence.sweepDeadNodes([])
+    if (config.redisUrl === undefined) {
+      await presence.sweepDeadNodes([])
+      const republished = await presence.republishOfflineStatuses()
+      if (republished > 0) logger.info({ devices: republished }, 'retained offline statuses published again (the in-process broker keeps none across restarts)')
+    }
     const sweeper = setInterval(sweep, 3 * startedBroker.heartbeatIntervalMs)
     sweeper.unref()
     const expiry = setInterval(() => {

@@ -92,7 +92,26 @@ export function createPresence (deps: PresenceDeps) {
     return serials.length
   }
 
-  return { deviceConnected, deviceDisconnected, sweepDeadNodes, shutdown, settled: queue.idle }
+  /**
+   * The in-process broker keeps retained messages in memory only: after a restart, the retained
+   * status of every device the registry has offline is published again (not as events), so tools
+   * see the same as before. Run before devices can connect; answers how many.
+   */
+  async function republishOfflineStatuses (): Promise<number> {
+    const PAGE = 1000
+    let count = 0
+    for (let after: string | undefined; ;) {
+      const page = await repo.list({ status: 'offline' }, { after, limit: PAGE })
+      const disconnected = page.filter(device => device.disconnected_at !== null) // never connected: never had a status
+      await Promise.all(disconnected.map(device =>
+        publish(deviceTopic(device.serial, 'status'), statusPayload('offline', device.disconnected_at!, device.disconnect_reason ?? undefined), { qos: 1, retain: true })))
+      count += disconnected.length
+      if (page.length < PAGE) return count
+      after = page.at(-1)!.serial
+    }
+  }
+
+  return { deviceConnected, deviceDisconnected, sweepDeadNodes, shutdown, republishOfflineStatuses, settled: queue.idle }
 }
 
 export type Presence = ReturnType<typeof createPresence>

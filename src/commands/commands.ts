@@ -177,7 +177,10 @@ export function createCommands (deps: CommandsDeps) {
       const { batch, commands, inserted } = await repo.insertBatch(batchDraft, drafts)
       if (!inserted) {
         const same = sameRequest({ command: batch.command, payload: batch.payload, ttlMs: ttlOf(batch) }, { command: checked.command, payload: checked.payload, ttlMs: checked.ttlSeconds * 1000 })
-        return same ? { ok: true, batch, commands, skipped: [], replayed: true } : { ok: false, reason: 'idempotency_conflict' }
+        if (!same) return { ok: false, reason: 'idempotency_conflict' }
+        // the members the fan-out skipped, as far as the group still tells: revoked and without a command of it
+        const inBatch = new Set(commands.map(command => command.serial))
+        return { ok: true, batch, commands, skipped: skipped.filter(member => !inBatch.has(member.serial)), replayed: true }
       }
       logger.info({ group: groupId, command: batch.command, batch: batch.id, devices: commands.length, skipped: skipped.length }, 'command issued to a group')
       await deliverOrAnnounce(commands)

@@ -53,9 +53,11 @@ export function toApiError (error: FastifyError | ApiError | InvalidCursor): Api
     const field = fieldOf(first)
     const where = error.validationContext === 'body' ? '' : ` (${error.validationContext ?? 'request'})`
     const subject = field ?? (error.validationContext === 'body' ? 'the request body' : 'request')
+    // a union of literals fails once per literal, each error naming its one allowed value
+    const allowed = error.validation!.filter(e => e.keyword === 'const' && e.instancePath === first.instancePath).map(e => String((e.params as { allowedValue?: unknown }).allowedValue))
     const message = first.keyword === 'additionalProperties'
       ? `${subject} is not a known field${where}`
-      : `${subject} ${first.message ?? 'is invalid'}${where}`
+      : first.keyword === 'const' ? `${subject} must be one of ${allowed.join(', ')}${where}` : `${subject} ${first.message ?? 'is invalid'}${where}`
     return new ApiError('invalid_request', message, field)
   }
   const code = error.code === undefined ? undefined : BODY_ERRORS[error.code]

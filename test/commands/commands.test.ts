@@ -92,6 +92,7 @@ for (const database of DATABASES) {
         t.equal(response.status, 400, JSON.stringify(body).slice(0, 80))
         t.match(response.body, { error: 'invalid_request', field, message: String }, `names ${field}`)
       }
+      t.equal((await ts.api('POST', url, { body: { command: 'selfdestruct' } })).body.message, 'command must be one of reboot, identify, ping, update', 'the allowed values are named')
       t.equal((await ts.api('POST', url, { body: '{"command":' })).body.error, 'malformed_json')
       t.equal((await ts.api('POST', url, { body: { command: 'ping' }, headers: { 'idempotency-key': 'with space' } })).body.field, 'idempotency-key')
       t.equal((await ts.api('POST', '/api/devices/nobody-here/commands', { body: { command: 'ping' } })).status, 404)
@@ -278,6 +279,7 @@ for (const database of DATABASES) {
       const retried = await ts.api('POST', url, { body: { command: 'ping', payload: { echo: 'all' } }, headers })
       t.equal(retried.body.batch_id, issued.body.batch_id, 'an idempotent retry answers the same fan-out')
       t.same(retried.body.ids.sort(), [...issued.body.ids].sort())
+      t.same(retried.body.skipped, issued.body.skipped, 'with the same skipped members')
 
       const summary = `${url}/${issued.body.batch_id}`
       await eventually(async () => (await ts.api('GET', summary)).body.states.ok === 2, 5000, 'two members answered')

@@ -117,7 +117,7 @@ export interface UpdateRepository {
   findActive (serial: string): Promise<Update | undefined>
   findActiveMany (serials: string[]): Promise<Update[]>
   listForDevice (serial: string, options: { before?: TimeKey, limit: number }): Promise<Update[]>
-  /** Applies a report to the device's update while it is in progress; undefined when it is not. */
+  /** Applies a report to the device's update while it is in progress and not past the reported stage; undefined otherwise. */
   report (serial: string, id: string, change: { state: UpdateState, progress: number | null, error: string | null, failure_reason: FailureReason | null }, at: Date): Promise<Update | undefined>
   /** Fails updates in progress that went quiet too long, or were never started before they expired. */
   failStale (quietSince: Date, now: Date): Promise<Update[]>

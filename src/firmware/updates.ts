@@ -255,9 +255,11 @@ export function createUpdates (deps: UpdatesDeps) {
       const update = await repo.findActive(serial)
       if (update === undefined) return
       let changed: Update | undefined
-      if (firmwareVersion === update.version) {
+      const rebootedAfterApplying = update.state === 'applying' && update.applying_at !== null && connectedAt > update.applying_at
+      // the version the device ran before proves nothing until it has applied the update and come back
+      if (firmwareVersion === update.version && (update.version !== update.previous_version || rebootedAfterApplying)) {
         changed = await repo.report(serial, update.id, { state: 'complete', progress: 100, error: null, failure_reason: null }, now())
-      } else if (update.state === 'applying' && update.applying_at !== null && connectedAt > update.applying_at) {
+      } else if (rebootedAfterApplying && firmwareVersion !== update.version) {
         changed = await repo.report(serial, update.id, {
           state: 'failed', progress: update.progress, failure_reason: 'reverted',
           error: `the device came back with firmware ${firmwareVersion} after applying ${update.version}`

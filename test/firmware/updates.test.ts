@@ -191,6 +191,27 @@ for (const database of DATABASES) {
       t.match(await untilState(ts, started.body.id, 'failed'), { failure_reason: 'reverted', error: /came back with firmware 1.0.0 after applying 2.0.0/ })
     })
 
+    t.test('re-flashing the version a device runs: complete only once it applied and came back, not on the next info', async (t) => {
+      const serial = uniqueSerial('reflash')
+      const dev = await manualDevice(t, ts, serial, { firmware_version: '2.0.0', firmware_target: 'rpi4' })
+      const started = await ts.api('POST', `/api/devices/${serial}/update`, { body: { firmware_id: v2.id } })
+      t.equal(started.status, 202)
+      await dev.report({ update_id: started.body.id, status: 'downloading', progress: 10 })
+      await untilState(ts, started.body.id, 'downloading')
+      await dev.device.publishInfo({ firmware_version: '2.0.0', firmware_target: 'rpi4', uptime: 5 })
+      await new Promise(resolve => setTimeout(resolve, 300))
+      t.equal((await updateOf(ts, started.body.id)).state, 'downloading', 'the version it already ran proves nothing')
+      await dev.report({ update_id: started.body.id, status: 'applying' })
+      await untilState(ts, started.body.id, 'applying')
+      await dev.report({ update_id: started.body.id, status: 'pending' })
+      const refused = await eventually(() => dev.errors().find(e => e.topic === 'update_status'), 3000, 'a report of an earlier stage refused')
+      t.match(refused.reason, /is already applying/, 'stages only move forward (an earlier one would escape the stage timeout)')
+      await dev.device.mqtt.endAsync(true)
+      const back = await connectDevice({ url: ts.mqttUrl, identity: await ts.pki.device(serial), answerCommands: false, timestamp: nextSecond(), info: { firmware_version: '2.0.0', firmware_target: 'rpi4' } })
+      t.teardown(() => back.mqtt.end(true))
+      t.match(await untilState(ts, started.body.id, 'complete'), { progress: 100 }, 'complete once back after applying')
+    })
+
     t.test('group rollout: online, offline, other target and revoked members; counts by state', async (t) => {
       const group = (await ts.api('POST', '/api/groups', { body: { name: `rollout-${randomBytes(3).toString('hex')}` } })).body
       const online = uniqueSerial('g-on')

@@ -132,7 +132,9 @@ export function createUpdateRepository (knex: Knex): UpdateRepository {
 
     async report (serial, id, change, at) {
       const finished = change.state === 'complete' || change.state === 'failed'
-      const [row] = await updates().where({ id, serial }).whereIn('state', ACTIVE_UPDATE_STATES)
+      // stages only move forward: a report of an earlier stage would escape the stage timeout
+      const from = finished ? ACTIVE_UPDATE_STATES : ACTIVE_UPDATE_STATES.slice(0, ACTIVE_UPDATE_STATES.indexOf(change.state) + 1)
+      const [row] = await updates().where({ id, serial }).whereIn('state', from)
         .update({
           state: change.state,
           progress: change.state === 'complete' ? 100 : change.progress === null ? knex.raw('progress') : change.progress,

@@ -31,7 +31,14 @@ async function upload (args: string[], output: Output): Promise<void> {
   const storage = await createFirmwareFiles(config.firmwareDir)
   const bar = createProgressBar('uploading', size)
   const counted = new Transform({ transform (chunk: Buffer, _encoding, done) { bar.advance(chunk.length); done(null, chunk) } })
-  const staged = await storage.stage(createReadStream(file!).pipe(counted), config.firmwareMaxBytes)
+  // Ctrl-C while the bytes stream in: the staged part is removed (stage() cleans up after a failed stream)
+  const interrupt = (): void => { counted.destroy(new CommandError('upload interrupted; nothing was kept')) }
+  process.once('SIGINT', interrupt)
+  process.once('SIGTERM', interrupt)
+  const staged = await storage.stage(createReadStream(file!).pipe(counted), config.firmwareMaxBytes).finally(() => {
+    process.off('SIGINT', interrupt)
+    process.off('SIGTERM', interrupt)
+  })
   bar.done()
 
   const result = await viaServerOrDatabase<AddResult>(config, 'firmware.register', { meta: checked.meta, staged }, async (db) => {

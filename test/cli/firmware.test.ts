@@ -1,13 +1,15 @@
 // `shepherd firmware upload` as its own process against a running server: the file lands in the
 // server's FIRMWARE_DIR with a progress bar on stderr, is recorded (over the control socket on
 // PGlite, on the database on PostgreSQL), and serves downloads; bad versions and duplicates fail.
+import { spawn } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
-import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises'
+import { once } from 'node:events'
+import { mkdtemp, readdir, rm, truncate, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import t from 'tap'
-import { runShepherd } from '../helpers/cli.js'
-import { DATABASES, startTestServer } from '../helpers/server.js'
+import { runShepherd, SHEPHERD_BIN } from '../helpers/cli.js'
+import { DATABASES, eventually, startTestServer } from '../helpers/server.js'
 
 for (const database of DATABASES) {
   t.test(`shepherd firmware upload on ${database}`, async (t) => {
@@ -43,3 +45,22 @@ for (const database of DATABASES) {
     t.equal((await runShepherd(['firmware', 'download', file], { env })).code, 2)
   })
 }
+
+t.test('Ctrl-C during shepherd firmware upload leaves nothing staged', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'shepherd-fw-int-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const file = path.join(dir, 'big.fw')
+  await writeFile(file, Buffer.alloc(0))
+  await truncate(file, 4 * 1024 * 1024 * 1024) // sparse: read at disk speed, never finished before the signal
+  const child = spawn(process.execPath, [SHEPHERD_BIN, 'firmware', 'upload', file, '--version', '1.0.0', '--target', 'rpi4'], {
+    env: { PATH: process.env.PATH, HOME: process.env.HOME, DATA_DIR: path.join(dir, 'data'), FIRMWARE_MAX_SIZE: String(8 * 1024 ** 3) }, stdio: ['ignore', 'pipe', 'pipe']
+  })
+  let stderr = ''
+  child.stderr.on('data', (chunk: Buffer) => { stderr += chunk.toString() })
+  await eventually(async () => (await readdir(path.join(dir, 'data', 'firmware', '.incoming')).catch(() => [])).length > 0, 10_000, 'the upload is being staged')
+  child.kill('SIGINT')
+  const [code] = await once(child, 'exit') as [number]
+  t.equal(code, 1, stderr)
+  t.match(stderr, /upload interrupted; nothing was kept/)
+  t.same(await readdir(path.join(dir, 'data', 'firmware', '.incoming')), [], 'the staged part was removed')
+})

@@ -12,13 +12,13 @@ import { readFile } from 'node:fs/promises'
 
 const sha256 = (bytes: Buffer): string => createHash('sha256').update(bytes).digest('hex')
 
-export async function upload (ts: TestServer, query: string, body: Buffer, token: string | null = ts.apiToken): Promise<{ status: number, body: any }> { // eslint-disable-line @typescript-eslint/no-explicit-any
+export async function upload (ts: TestServer, query: string, body: Buffer, token: string | null = ts.apiToken): Promise<{ status: number, body: any, headers: Headers }> { // eslint-disable-line @typescript-eslint/no-explicit-any
   const response = await fetch(`${ts.httpUrl}/api/firmware?${query}`, {
     method: 'POST',
     headers: { ...(token === null ? {} : { authorization: `Bearer ${token}` }), 'content-type': 'application/octet-stream' },
     body
   })
-  return { status: response.status, body: await response.json() }
+  return { status: response.status, body: await response.json(), headers: response.headers }
 }
 
 /** The download URL the server would put in an offer (same secret, same path). */
@@ -60,6 +60,7 @@ t.test('firmware store', async (t) => {
     const tooBig = await upload(ts, 'version=9.0.0&target=rpi4', randomBytes(2 * 1024 * 1024 + 1))
     t.equal(tooBig.status, 413)
     t.match(tooBig.body, { error: 'payload_too_large', message: /FIRMWARE_MAX_SIZE/ })
+    t.equal(tooBig.headers.get('connection'), 'close', 'refused from its Content-Length: the connection is closed rather than the body read')
     t.equal((await upload(ts, 'version=9.0.1&target=rpi4', randomBytes(10), null)).status, 401, 'a token is needed')
     const files = await readdir(path.join(ts.dataDir, 'firmware'))
     t.equal(files.filter(name => name.endsWith('.fw')).length, 2, 'only the two stored firmware files')

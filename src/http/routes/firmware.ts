@@ -52,7 +52,10 @@ export function firmwareRoutes (deps: { store: FirmwareStore, urls: DownloadUrls
       }
     }, async (request, reply) => {
       const declared = Number(request.headers['content-length'])
-      if (declared > maxBytes) throw new ApiError('payload_too_large', `firmware files are limited to ${maxBytes} bytes (FIRMWARE_MAX_SIZE)`)
+      if (declared > maxBytes) {
+        void reply.header('connection', 'close') // rather than read and discard the body that follows
+        throw new ApiError('payload_too_large', `firmware files are limited to ${maxBytes} bytes (FIRMWARE_MAX_SIZE)`)
+      }
       let result
       try {
         result = await store.add(request.query, request.raw)

@@ -4,6 +4,8 @@
 // close its handlers, close the database).
 import { randomUUID } from 'node:crypto'
 import { readFile, mkdir } from 'node:fs/promises'
+import { createSecureContext } from 'node:tls'
+import { StartupError } from './errors.js'
 import type { FastifyInstance } from 'fastify'
 import { Redis } from 'ioredis'
 import type { Config } from './config.js'
@@ -109,6 +111,20 @@ export interface ShepherdServer {
 const PRE_AUTH_PACKET_BYTES = MAX_PASSWORD_BYTES + 4096 // the CONNECT: password plus ids, will, header
 const OBSERVER_RECHECK_MS = 10_000
 
+/** TLS_CERT and TLS_KEY read and checked as a pair now, so a wrong file stops the start with the setting's name. */
+async function loadTls (certPath: string, keyPath: string): Promise<{ cert: Buffer, key: Buffer }> {
+  const read = async (setting: string, file: string): Promise<Buffer> => await readFile(file).catch((error: Error) => {
+    throw new StartupError(`${setting}=${file} cannot be read: ${error.message}`, { cause: error })
+  })
+  const [cert, key] = [await read('TLS_CERT', certPath), await read('TLS_KEY', keyPath)]
+  try {
+    createSecureContext({ cert, key })
+  } catch (error) {
+    throw new StartupError(`TLS_CERT=${certPath} and TLS_KEY=${keyPath} are not a PEM certificate and its private key: ${(error as Error).message}`, { cause: error })
+  }
+  return { cert, key }
+}
+
 function isLoopback (host: string): boolean {
   return host === '127.0.0.1' || host === '::1' || host === 'localhost'
 }
@@ -116,11 +132,15 @@ function isLoopback (host: string): boolean {
 export async function createServer (config: Config, options: ServerOptions = {}): Promise<ShepherdServer> {
   const logger = (options.logger ?? createLogger(config.logLevel)).child({ node: config.nodeName })
   await mkdir(config.dataDir, { recursive: true })
-  const tls = config.tlsCertPath !== undefined && config.tlsKeyPath !== undefined
-    ? { cert: await readFile(config.tlsCertPath), key: await readFile(config.tlsKeyPath) }
-    : undefined
+  const tls = config.tlsCertPath !== undefined && config.tlsKeyPath !== undefined ? await loadTls(config.tlsCertPath, config.tlsKeyPath) : undefined
 
-  const trust = createFleetTrust(await loadFleetCaPem(config, logger))
+  const caPem = await loadFleetCaPem(config, logger)
+  let trust: ReturnType<typeof createFleetTrust>
+  try {
+    trust = createFleetTrust(caPem)
+  } catch (error) {
+    throw new StartupError(`the Fleet CA (FLEET_CA_PEM, or the file FLEET_CA_PATH names) is not a usable CA certificate: ${(error as Error).message}`, { cause: error })
+  }
   // On the embedded database the control socket claims DATA_DIR before the database is opened:
   // a second server, or a CLI command run while this one starts, must not open the same files.
   const control = config.databaseUrl === undefined ? await startControlSocket(config.dataDir) : undefined
@@ -326,7 +346,7 @@ export async function createServer (config: Config, options: ServerOptions = {})
         if (tls === undefined && !isLoopback(config.host)) {
           logger.warn({ host: config.host }, 'listening without TLS on a non-loopback address: device credentials cross the network in the clear; set TLS_CERT/TLS_KEY or terminate TLS in front of Shepherd')
         }
-        logger.info({ http: httpPort, mqtt: tcp?.port ?? 'off', tls: tls !== undefined, database: db.kind, redis: config.redisUrl !== undefined, node: nodeId }, 'Shepherd listening')
+        logger.info({ http: httpPort, mqtt: tcp?.port ?? 'off', tls: tls !== undefined, database: db.kind, redis: config.redisUrl !== undefined, node_id: nodeId }, 'Shepherd listening')
         return { httpPort, mqttPort: tcp?.port }
       },
       close () {

@@ -37,10 +37,10 @@ export async function spawnShepherdServer (t: Test, env: Record<string, string>)
       buffered += chunk.toString()
       for (const line of buffered.split('\n').slice(0, -1)) {
         if (!line.startsWith('{')) continue
-        const entry = JSON.parse(line) as { msg?: string, http?: number, node?: string }
-        if (entry.msg === 'Shepherd listening' && entry.http !== undefined && entry.node !== undefined) {
+        const entry = JSON.parse(line) as { msg?: string, http?: number, node_id?: string }
+        if (entry.msg === 'Shepherd listening' && entry.http !== undefined && entry.node_id !== undefined) {
           clearTimeout(timer)
-          resolve({ child, httpPort: entry.http, nodeId: entry.node })
+          resolve({ child, httpPort: entry.http, nodeId: entry.node_id })
         }
       }
       buffered = buffered.slice(buffered.lastIndexOf('\n') + 1)

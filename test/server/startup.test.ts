@@ -1,6 +1,6 @@
 import t, { type Test } from 'tap'
 import net from 'node:net'
-import { mkdtemp, readFile, stat } from 'node:fs/promises'
+import { mkdtemp, readFile, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { loadConfig } from '../../src/config.js'
@@ -55,6 +55,26 @@ t.test('a port in use is a clear error naming the setting', async (t) => {
   const badConfig = await runShepherd(['start'], { env: { ...env, PORT: 'x', MQTT_PORT: 'y' } })
   t.equal(badConfig.code, 1)
   t.match(badConfig.stderr, /PORT must be .*\n.*MQTT_PORT must be/s)
+})
+
+t.test('unreadable or unusable TLS files, a Fleet CA that does not parse and a HOST that is no address stop the start naming the setting', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'shepherd-start-'))
+  const caDir = path.join(dir, 'ca')
+  t.equal((await runShepherd(['gen-ca', '--dir', caDir])).code, 0)
+  const junk = path.join(dir, 'junk.pem')
+  await writeFile(junk, 'not a PEM file\n')
+  const env = { DATA_DIR: path.join(dir, 'data'), FLEET_CA_PATH: path.join(caDir, 'fleet_ca.pem'), HOST: '127.0.0.1', PORT: '0', MQTT_PORT: '0' }
+  for (const [more, pattern] of [
+    [{ TLS_CERT: path.join(dir, 'missing.pem'), TLS_KEY: junk }, /TLS_CERT=.*missing\.pem cannot be read/],
+    [{ TLS_CERT: junk, TLS_KEY: junk }, /TLS_CERT=.* and TLS_KEY=.* are not a PEM certificate and its private key/],
+    [{ FLEET_CA_PATH: junk }, /the Fleet CA \(FLEET_CA_PEM, or the file FLEET_CA_PATH names\) is not a usable CA certificate/],
+    [{ HOST: 'nosuchhost.invalid' }, /HOST=nosuchhost\.invalid: not an address of this machine/]
+  ] as const) {
+    const started = await runShepherd(['start'], { env: { ...env, ...more } })
+    t.equal(started.code, 1, JSON.stringify(more))
+    t.match(started.stderr, pattern)
+    t.notMatch(started.stderr, /^\s+at /m, 'a message, not a stack trace')
+  }
 })
 
 t.test('shepherd start serves until SIGTERM, then exits 0', async (t) => {

@@ -47,13 +47,21 @@ function validityPeriod ({ notBefore = new Date(Date.now() - 60_000), days }: Va
   return { notBefore, notAfter: new Date(notBefore.getTime() + days * DAY_MS) }
 }
 
+/** Ten calendar years (contract §1), not 3,650 days, which fall short by the leap days. */
+function tenYears (): { notBefore: Date, notAfter: Date } {
+  const { notBefore } = validityPeriod({ days: 0 })
+  const notAfter = new Date(notBefore)
+  notAfter.setUTCFullYear(notAfter.getUTCFullYear() + 10)
+  return { notBefore, notAfter }
+}
+
 /** A self-signed Fleet CA: CN=Fleet CA, 10 years, CA:TRUE, keyCertSign + cRLSign. */
 export async function createFleetCa (options: { days?: number, commonName?: string } = {}): Promise<IssuedCertificate> {
   const keys = await generateKeys()
   const certificate = await x509.X509CertificateGenerator.createSelfSigned({
     serialNumber: positiveSerialNumber(),
     name: `CN=${options.commonName ?? 'Fleet CA'}`,
-    ...validityPeriod({ days: options.days ?? 3650 }),
+    ...(options.days === undefined ? tenYears() : validityPeriod({ days: options.days })),
     keys,
     signingAlgorithm: EC_ALGORITHM,
     extensions: [

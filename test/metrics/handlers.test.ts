@@ -55,7 +55,8 @@ t.test('handler modules that cannot be used are start-up errors naming METRICS_H
     ['syntax error', await write('broken.mjs', 'export default function ('), /^METRICS_HANDLERS: cannot load the handler module .*broken\.mjs/],
     ['no default export', await write('nodefault.mjs', 'export const x = 1'), /^METRICS_HANDLERS: the module .*nodefault\.mjs has no default export/],
     ['factory throws', await write('throws.mjs', 'export default () => { throw new Error("no database") }'), /^METRICS_HANDLERS: the handler ".\/throws\.mjs" failed to start: no database/],
-    ['not a handler', await write('nothandler.mjs', 'export default () => ({ name: "x" })'), /^METRICS_HANDLERS: ".\/nothandler\.mjs" did not make a handler/]
+    ['not a handler', await write('nothandler.mjs', 'export default () => ({ name: "x" })'), /^METRICS_HANDLERS: ".\/nothandler\.mjs" did not make a handler/],
+    ['a built-in\'s name', await write('impostor.mjs', 'export default () => ({ name: "logger", handle: async () => {} })'), /^METRICS_HANDLERS: two handlers are named "logger"/]
   ]
   for (const [what, entry, message] of cases) {
     await t.rejects(make(['logger', entry.startsWith('./') ? entry : `./${entry}`]), { name: 'StartupError', message }, what)

@@ -52,6 +52,10 @@ export async function createMetricsHandlers (settings: HandlerSettings, context:
         throw new StartupError(`METRICS_HANDLERS: ${JSON.stringify(entry)} did not make a handler (an object with a name and a handle function)`)
       }
       handlers.push(handler)
+      // the name labels the handler's figures and log lines: two of a name would be counted as one
+      if (handlers.some(other => other !== handler && other.name === handler.name)) {
+        throw new StartupError(`METRICS_HANDLERS: two handlers are named ${JSON.stringify(handler.name)} (the second from ${JSON.stringify(entry)}); a handler's name must be its own`)
+      }
     }
   } catch (error) {
     await Promise.allSettled(handlers.map(async handler => { await handler.close?.() }))

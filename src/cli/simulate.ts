@@ -19,10 +19,12 @@ export async function simulate (args: string[], output: Output): Promise<void> {
   })
   const count = Number(values.devices)
   if (!/^\d+$/.test(values.devices) || count < 1 || count > 100_000) throw new UsageError('--devices must be a number from 1 to 100000')
+  // Node's timers hold at most 2^31 - 1 ms (24.8 days); beyond that they fire after 1 ms
+  const MAX_SECONDS = Math.floor((2 ** 31 - 1) / 1000)
   const duration = values.duration === undefined ? undefined : Number(values.duration)
-  if (duration !== undefined && !(duration > 0)) throw new UsageError('--duration must be a positive number of seconds')
+  if (duration !== undefined && !(duration > 0 && duration <= MAX_SECONDS)) throw new UsageError(`--duration must be a positive number of seconds, at most ${MAX_SECONDS}`)
   const metricsInterval = Number(values['metrics-interval'])
-  if (!(metricsInterval > 0)) throw new UsageError('--metrics-interval must be a positive number of seconds')
+  if (!(metricsInterval > 0 && metricsInterval <= MAX_SECONDS)) throw new UsageError(`--metrics-interval must be a positive number of seconds, at most ${MAX_SECONDS}`)
   if (!/^(wss?|mqtts?):\/\//.test(values.url)) throw new UsageError('--url must be a ws://, wss://, mqtt:// or mqtts:// URL')
 
   const caDir = path.resolve(values['ca-dir'])

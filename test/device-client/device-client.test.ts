@@ -69,6 +69,11 @@ t.test('shepherd simulate connects a fleet and reports it', async (t) => {
   t.equal(refused.code, 1, 'no device could connect')
   t.match(refused.stdout, /connected 0, refused 2/)
   t.equal((await runShepherd(['simulate', '--devices', 'many'])).code, 2)
+  for (const option of ['--duration', '--metrics-interval']) {
+    const tooLong = await runShepherd(['simulate', '--devices', '1', option, '2500000'])
+    t.equal(tooLong.code, 2, `${option} beyond what a timer holds is bad usage`)
+    t.match(tooLong.stderr, /at most 2147483/)
+  }
 })
 
 async function strangerCaDir (dataDir: string): Promise<string> {

@@ -17,6 +17,8 @@ export type InfoResult = { ok: true, firmware: FirmwareInfo } | { ok: false, rea
 
 const FIRMWARE_KEYS = ['firmware_version', 'firmware_target', 'firmware_uuid'] as const
 const MAX_INFO_VALUE_LENGTH = 256
+/** The metadata a device's info messages may add up to (it is served with every device listing). */
+export const MAX_METADATA_BYTES = 64 * 1024
 
 export function createDeviceRegistry (deps: { repo: DeviceRepository, announcer: RevocationAnnouncer, logger: Logger, events?: EventSink }) {
   const { repo, announcer, logger } = deps
@@ -56,7 +58,9 @@ export function createDeviceRegistry (deps: { repo: DeviceRepository, announcer:
         metadata[key] = value
       }
     }
-    await repo.recordInfo(serial, firmware, metadata)
+    if (!await repo.recordInfo(serial, firmware, metadata, MAX_METADATA_BYTES)) {
+      return { ok: false, reason: `info refused: the device's metadata would exceed ${MAX_METADATA_BYTES} bytes of JSON` }
+    }
     events.emit({ type: 'device.info', data: { serial, ...firmware, metadata } })
     return { ok: true, firmware }
   }

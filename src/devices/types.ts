@@ -61,7 +61,8 @@ export interface DeviceRepository {
   /** Inserts the device unless it exists; updates the certificate fields when they changed. Answers revoked. */
   registerCertificate (serial: string, fingerprint: string, notAfter: Date): Promise<{ revoked: boolean, created: boolean }>
   setRevoked (serial: string, revoked: boolean): Promise<boolean>
-  recordInfo (serial: string, firmware: FirmwareInfo, metadata: Record<string, unknown>): Promise<void>
+  /** Merges `metadata` in unless the result would exceed `maxMetadataBytes` of JSON; answers whether it did. */
+  recordInfo (serial: string, firmware: FirmwareInfo, metadata: Record<string, unknown>, maxMetadataBytes: number): Promise<boolean>
   markOnline (serial: string, session: { nodeId: string, connectionId: string, at: Date }): Promise<void>
   /** Marks offline only if `connectionId` still holds the device; answers whether it did. */
   markOffline (serial: string, connectionId: string, reason: DisconnectReason, at: Date): Promise<boolean>

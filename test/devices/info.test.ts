@@ -98,7 +98,9 @@ for (const database of DATABASES) {
         { payload: 'null', reason: /JSON object/, what: 'JSON null' },
         { payload: JSON.stringify({ firmware_version: 3, other: 'dropped too' }), reason: /firmware_version must be a string/, what: 'a numeric firmware_version' },
         { payload: JSON.stringify({ firmware_target: 'x'.repeat(300) }), reason: /firmware_target must be a string of at most 256/, what: 'an overlong firmware_target' },
-        { payload: JSON.stringify({ firmware_uuid: null }), reason: /firmware_uuid must be a string/, what: 'a null firmware_uuid' }
+        { payload: JSON.stringify({ firmware_uuid: null }), reason: /firmware_uuid must be a string/, what: 'a null firmware_uuid' },
+        { payload: JSON.stringify({ notes: 'x'.repeat(70_000) }), reason: /metadata would exceed 65536 bytes/, what: 'metadata past its cap' },
+        { payload: JSON.stringify({ note: 'a\u0000b' }), reason: /note contains a NUL character/, what: 'a NUL character' }
       ]
       for (const { payload } of invalid) await publishInfo(client, payload)
       await settledInfo(ts, client)

@@ -107,12 +107,12 @@ export function createDeviceRepository (knex: Knex): DeviceRepository {
       return await devices().where({ serial }).update({ revoked, updated_at: new Date() }) > 0
     },
 
-    async recordInfo (serial, firmware, metadata) {
-      await devices().where({ serial }).update({
-        ...firmware,
-        metadata: knex.raw('devices.metadata || ?::jsonb', [JSON.stringify(metadata)]),
-        updated_at: new Date()
-      } as Record<string, unknown>)
+    async recordInfo (serial, firmware, metadata, maxMetadataBytes) {
+      const merged = JSON.stringify(metadata)
+      const updated = await devices().where({ serial })
+        .whereRaw('octet_length((devices.metadata || ?::jsonb)::text) <= ?', [merged, maxMetadataBytes])
+        .update({ ...firmware, metadata: knex.raw('devices.metadata || ?::jsonb', [merged]), updated_at: new Date() } as Record<string, unknown>)
+      return updated > 0
     },
 
     markOnline: (serial, { nodeId, connectionId, at }) => markOnline({ serial, nodeId, connectionId, at }),

@@ -4,7 +4,8 @@
 // acknowledged and dropped so that a bridge with default settings keeps its connection.
 
 export function authorizeObserverSubscribe (filter: string): { ok: true } | { ok: false, reason: string } {
-  if (filter === 'shepherd/#' || filter.startsWith('shepherd/') || filter === '$SYS/#' || filter.startsWith('$SYS/')) return { ok: true }
+  // `shepherd/#` also matches its parent level `shepherd` (MQTT-4.7.1-2), so that filter is inside it too
+  if (filter === 'shepherd' || filter.startsWith('shepherd/') || filter === '$SYS' || filter.startsWith('$SYS/')) return { ok: true }
   return { ok: false, reason: 'an observer may subscribe to shepherd/# and $SYS/# and filters inside them' }
 }
 

@@ -72,9 +72,9 @@ t.test('observers', async (t) => {
     const client = await observer(t, ts, 'explorer', created.password)
     const seen = new Map<string, string>()
     client.on('message', (topic, payload) => { seen.set(topic, payload.toString()) })
-    const filters = ['shepherd/#', '$SYS/#', 'shepherd/devices/+/status', '#', 'other/topic', '$shepherd/events/#']
+    const filters = ['shepherd/#', '$SYS/#', 'shepherd/devices/+/status', 'shepherd', '#', 'other/topic', '$shepherd/events/#', 'shepherdX/#']
     const granted = await subackOf(client, Object.fromEntries(filters.map(filter => [filter, { qos: 0 }])))
-    t.same(granted, [0, 0, 0, 128, 128, 128], 'inside shepherd/# and $SYS/# only')
+    t.same(granted, [0, 0, 0, 0, 128, 128, 128, 128], 'inside shepherd/# and $SYS/# only (the parent level shepherd matches shepherd/#)')
     await eventually(() => seen.has(deviceTopic(serial, 'status')) && seen.has(deviceTopic(serial, 'info')) && seen.has('$SYS/broker/uptime'), 5000, 'retained status, info and $SYS')
     t.match(JSON.parse(seen.get(deviceTopic(serial, 'status'))!), { status: 'online' })
     t.match(JSON.parse(seen.get(deviceTopic(serial, 'info'))!), { firmware_version: '1.0.0' })

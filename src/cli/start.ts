@@ -7,7 +7,20 @@ import { parseCommand, type Output } from './main.js'
 export async function start (args: string[], _output: Output): Promise<void> {
   parseCommand(args, {})
   const config = loadConfig()
-  const server = await createServer(config)
+  // a stop asked for while starting (migrations can take a while) is honoured once started
+  let stopWhileStarting: NodeJS.Signals | undefined
+  const remember = (signal: NodeJS.Signals): void => { stopWhileStarting = signal }
+  process.once('SIGINT', remember)
+  process.once('SIGTERM', remember)
+  const server = await createServer(config).finally(() => {
+    process.off('SIGINT', remember)
+    process.off('SIGTERM', remember)
+  })
+  if (stopWhileStarting !== undefined) {
+    server.logger.info({ signal: stopWhileStarting }, 'shutting down (asked while starting)')
+    await server.close()
+    return
+  }
   try {
     await server.listen()
   } catch (error) {

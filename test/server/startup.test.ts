@@ -96,3 +96,23 @@ t.test('shepherd start serves until SIGTERM, then exits 0', async (t) => {
   t.equal(await exited, 0)
   t.match(output, /devices marked offline \(server_shutdown\)/)
 })
+
+t.test('a SIGTERM while the server starts (migrating) is honoured once it has started: exit 0, not killed', async (t) => {
+  const { spawn } = await import('node:child_process')
+  const { SHEPHERD_BIN } = await import('../helpers/cli.js')
+  const dir = await mkdtemp(path.join(tmpdir(), 'shepherd-start-'))
+  const child = spawn(process.execPath, [SHEPHERD_BIN, 'start'], {
+    cwd: dir, env: { PATH: process.env.PATH, HOST: '127.0.0.1', PORT: '0', MQTT_PORT: '0', LOG_LEVEL: 'info' }
+  })
+  let output = ''
+  child.stdout.on('data', (chunk: Buffer) => { output += chunk.toString() })
+  child.stderr.on('data', (chunk: Buffer) => { output += chunk.toString() })
+  const exited = new Promise<number | null>(resolve => child.on('exit', code => resolve(code)))
+  const deadline = Date.now() + 30_000
+  while (!output.includes('database migrated') && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 20))
+  t.notMatch(output, /Shepherd listening/, 'still starting when signalled')
+  child.kill('SIGTERM')
+  t.equal(await exited, 0)
+  t.match(output, /shutting down \(asked while starting\)/)
+  t.notMatch(output, /Shepherd listening/, 'it never opened its ports')
+})

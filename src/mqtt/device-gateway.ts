@@ -277,6 +277,7 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
 
   function closeReasonOf (client: Client, session: DeviceSession): DisconnectReason {
     if (session.closeReason !== undefined) return session.closeReason
+    if (presence.isShuttingDown()) return 'server_shutdown' // the broker closes every connection
     if ((client as AedesClientInternals)._disconnected === true) return 'clean'
     // closed by Aedes for a newer accepted connection of the same device that is still there
     const taker = takers.get(session.serial)

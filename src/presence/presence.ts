@@ -111,7 +111,7 @@ export function createPresence (deps: PresenceDeps) {
     }
   }
 
-  return { deviceConnected, deviceDisconnected, sweepDeadNodes, shutdown, republishOfflineStatuses, settled: queue.idle }
+  return { deviceConnected, deviceDisconnected, sweepDeadNodes, shutdown, republishOfflineStatuses, isShuttingDown: () => shuttingDown, settled: queue.idle }
 }
 
 export type Presence = ReturnType<typeof createPresence>

@@ -266,6 +266,7 @@ for (const database of DATABASES) {
       t.equal(atPublish?.row?.last_seen_at?.getTime(), new Date(seen[1]!.at).getTime(), 'last_seen_at is the status message\'s time')
       const errors = ts.logs.filter(line => Number(line.level) >= 50).slice(errorsBefore)
       t.same(errors, [], 'shutdown logged no errors')
+      t.match(ts.logs.filter(line => line.msg === 'device disconnected' && line.serial === serial), [{ reason: 'server_shutdown' }], 'the disconnect is logged as the shutdown it was')
       if (ts.databaseUrl !== undefined) {
         const client = new pg.Client({ connectionString: ts.databaseUrl })
         await client.connect()

@@ -25,6 +25,7 @@ async function upload (args: string[], output: Output): Promise<void> {
   if (!checked.ok) throw new UsageError(checked.message.replace(/^(version|target|application)/, '--$1'))
   const size = await stat(file!).then(found => found.isFile() ? found.size : undefined, () => undefined)
   if (size === undefined) throw new CommandError(`${file} is not a readable file`)
+  if (size === 0) throw new CommandError(`${file} is empty: a firmware file needs its bytes`)
 
   const config = loadConfig()
   if (size > config.firmwareMaxBytes) throw new CommandError(`${file} has ${size} bytes; firmware files are limited to ${config.firmwareMaxBytes} (FIRMWARE_MAX_SIZE)`)

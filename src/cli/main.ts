@@ -78,9 +78,13 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
 
 export async function runCli (argv: string[], output: Output = { out: line => { process.stdout.write(line + '\n') }, err: line => { process.stderr.write(line + '\n') } }): Promise<number> {
   const [name, ...args] = argv
-  if (name === undefined || name === 'help' || name === '--help' || name === '-h') {
+  if (name === undefined) { // bad usage: the help goes where every usage error's goes
+    output.err(HELP)
+    return 2
+  }
+  if (name === 'help' || name === '--help' || name === '-h') {
     output.out(HELP)
-    return name === undefined ? 2 : 0
+    return 0
   }
   const load = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined
   try {

@@ -81,6 +81,8 @@ t.test('usage errors exit 2 with help; failures exit 1 with a message', async (t
   const noCa = await runShepherd(['gen-device-cert', '--serial', 'dev-1', '--ca-dir', path.join(dir, 'nowhere')], { cwd: dir })
   t.equal(noCa.code, 1)
   t.match(noCa.stderr, /no Fleet CA in .*gen-ca/)
+  const bare = await runShepherd([])
+  t.same([bare.code, bare.stdout], [2, ''], 'no command: bad usage, the help on stderr like every usage error')
   const help = await runShepherd(['--help'])
   t.equal(help.code, 0)
   t.match(help.stdout, /gen-device-cert/)

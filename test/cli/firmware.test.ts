@@ -42,6 +42,10 @@ for (const database of DATABASES) {
     t.equal(badVersion.code, 2)
     t.match(badVersion.stderr, /--version must be a SemVer version/)
     t.equal((await runShepherd(['firmware', 'upload', path.join(dir, 'missing.fw'), '--version', '1.0.0', '--target', 'rpi4'], { env })).code, 1)
+    await writeFile(path.join(dir, 'empty.fw'), '')
+    const empty = await runShepherd(['firmware', 'upload', path.join(dir, 'empty.fw'), '--version', '1.0.0', '--target', 'rpi4'], { env })
+    t.equal(empty.code, 1)
+    t.match(empty.stderr, /empty\.fw is empty/)
     t.equal((await runShepherd(['firmware', 'download', file], { env })).code, 2)
   })
 }

@@ -7,7 +7,8 @@ import { loadConfig } from '../../src/config.js'
 import { createLogger } from '../../src/logger.js'
 import { createServer } from '../../src/server.js'
 import { StartupError } from '../../src/errors.js'
-import { runShepherd } from '../helpers/cli.js'
+import { spawn, type ChildProcess } from 'node:child_process'
+import { runShepherd, SHEPHERD_BIN } from '../helpers/cli.js'
 
 const silent = createLogger('silent')
 
@@ -77,42 +78,39 @@ t.test('unreadable or unusable TLS files, a Fleet CA that does not parse and a H
   }
 })
 
-t.test('shepherd start serves until SIGTERM, then exits 0', async (t) => {
-  const { spawn } = await import('node:child_process')
-  const { SHEPHERD_BIN } = await import('../helpers/cli.js')
+/** `shepherd start` on the embedded defaults in a fresh directory; `output()` is all it printed so far. */
+async function spawnStart (): Promise<{ child: ChildProcess, output: () => string, exited: Promise<number | null>, until: (text: string, pollMs: number) => Promise<void> }> {
   const dir = await mkdtemp(path.join(tmpdir(), 'shepherd-start-'))
   const child = spawn(process.execPath, [SHEPHERD_BIN, 'start'], {
     cwd: dir, env: { PATH: process.env.PATH, HOST: '127.0.0.1', PORT: '0', MQTT_PORT: '0', LOG_LEVEL: 'info' }
   })
   let output = ''
-  child.stdout.on('data', (chunk: Buffer) => { output += chunk.toString() })
-  child.stderr.on('data', (chunk: Buffer) => { output += chunk.toString() })
-  const deadline = Date.now() + 30_000
-  while (!output.includes('Shepherd listening') && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 100))
-  t.match(output, /created a development Fleet CA/)
-  t.match(output, /Shepherd listening/)
+  child.stdout!.on('data', (chunk: Buffer) => { output += chunk.toString() })
+  child.stderr!.on('data', (chunk: Buffer) => { output += chunk.toString() })
   const exited = new Promise<number | null>(resolve => child.on('exit', code => resolve(code)))
+  const until = async (text: string, pollMs: number): Promise<void> => {
+    const deadline = Date.now() + 30_000
+    while (!output.includes(text) && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, pollMs))
+  }
+  return { child, output: () => output, exited, until }
+}
+
+t.test('shepherd start serves until SIGTERM, then exits 0', async (t) => {
+  const { child, output, exited, until } = await spawnStart()
+  await until('Shepherd listening', 100)
+  t.match(output(), /created a development Fleet CA/)
+  t.match(output(), /Shepherd listening/)
   child.kill('SIGTERM')
   t.equal(await exited, 0)
-  t.match(output, /devices marked offline \(server_shutdown\)/)
+  t.match(output(), /devices marked offline \(server_shutdown\)/)
 })
 
 t.test('a SIGTERM while the server starts (migrating) is honoured once it has started: exit 0, not killed', async (t) => {
-  const { spawn } = await import('node:child_process')
-  const { SHEPHERD_BIN } = await import('../helpers/cli.js')
-  const dir = await mkdtemp(path.join(tmpdir(), 'shepherd-start-'))
-  const child = spawn(process.execPath, [SHEPHERD_BIN, 'start'], {
-    cwd: dir, env: { PATH: process.env.PATH, HOST: '127.0.0.1', PORT: '0', MQTT_PORT: '0', LOG_LEVEL: 'info' }
-  })
-  let output = ''
-  child.stdout.on('data', (chunk: Buffer) => { output += chunk.toString() })
-  child.stderr.on('data', (chunk: Buffer) => { output += chunk.toString() })
-  const exited = new Promise<number | null>(resolve => child.on('exit', code => resolve(code)))
-  const deadline = Date.now() + 30_000
-  while (!output.includes('database migrated') && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 20))
-  t.notMatch(output, /Shepherd listening/, 'still starting when signalled')
+  const { child, output, exited, until } = await spawnStart()
+  await until('database migrated', 20)
+  t.notMatch(output(), /Shepherd listening/, 'still starting when signalled')
   child.kill('SIGTERM')
   t.equal(await exited, 0)
-  t.match(output, /shutting down \(asked while starting\)/)
-  t.notMatch(output, /Shepherd listening/, 'it never opened its ports')
+  t.match(output(), /shutting down \(asked while starting\)/)
+  t.notMatch(output(), /Shepherd listening/, 'it never opened its ports')
 })

@@ -38,7 +38,7 @@ export function registerValidation (app: FastifyInstance): void {
     for (const [part, values] of [['query', request.query], ['params', request.params]] as const) {
       for (const [name, value] of Object.entries((values ?? {}) as Record<string, unknown>)) {
         if ([value].flat().some(item => typeof item === 'string' && hasNul(item))) {
-          throw new ApiError('invalid_request', `${name} contains a NUL character (\u0000) (${part === 'query' ? 'querystring' : 'path'})`, name)
+          throw new ApiError('invalid_request', `${name} contains a NUL character (\\u0000) (${part === 'query' ? 'querystring' : 'path'})`, name)
         }
       }
     }

@@ -155,7 +155,7 @@ for (const database of DATABASES) {
         const listed = await ts.api('GET', `/api/devices?${query}`)
         t.equal(listed.status, 400, query)
         t.equal(listed.body.field, query.split('=')[0], `${query} names the field`)
-        t.notMatch(listed.text, /\u0000/, 'the answer holds no NUL itself')
+        if (query.includes('%00')) t.match(listed.body.message, 'NUL character (\\u0000)', 'the message names the character as text')
       }
       t.equal((await ts.api('PATCH', '/api/devices/no-such-device', { body: { nickname: 'x' } })).status, 404)
     })

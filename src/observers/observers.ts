@@ -54,7 +54,7 @@ export function isValidObserverName (name: string): boolean {
 export function createObservers (deps: { repo: ObserverRepository, passwordFile?: () => PasswordFile | undefined }) {
   const { repo } = deps
   // compared against when the name is unknown, so that a wrong name costs what a wrong password does
-  const unknownName = hashPassword(randomBytes(18).toString('base64url'))
+  let unknownName: Promise<string> | undefined
   return {
     async add (name: string): Promise<AddObserverResult> {
       if (!isValidObserverName(name)) return { ok: false, reason: 'invalid_name' }
@@ -71,7 +71,7 @@ export function createObservers (deps: { repo: ObserverRepository, passwordFile?
       if (stored !== undefined) return await verifyPassword(stored, password) ? { source: 'account', hash: stored } : undefined
       const fromFile = deps.passwordFile?.()?.users.get(name)
       if (fromFile !== undefined) return await verifyPasswdHash(fromFile, password) ? { source: 'file', hash: fileHashOf(fromFile) } : undefined
-      await verifyPassword(await unknownName, password)
+      await verifyPassword(await (unknownName ??= hashPassword(randomBytes(18).toString('base64url'))), password)
       return undefined
     },
 

@@ -90,6 +90,8 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
   /** Observer logins, by client: the account name. */
   const observerSessions = new WeakMap<Client, string>()
   const observerGrants = new WeakMap<Client, ObserverGrant>()
+  /** Open observer connections (few), to check them against their accounts without walking every device's. */
+  const observerClients = new Set<Client>()
   /** Device connections that are ready (counted for telemetry and $SYS). */
   const readyDevices = new Set<Client>()
   /** CONNECT packets between preConnect and authenticate, to drop the credential once checked, with the password parsed once. */
@@ -128,6 +130,8 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
     }
     observerSessions.set(client, username!)
     observerGrants.set(client, grant)
+    observerClients.add(client)
+    client.conn.once('close', () => { observerClients.delete(client) })
     logger.info({ observer: username, clientId: client.id, remote: remoteAddress(client) }, 'observer connected')
     return undefined
   }
@@ -387,11 +391,10 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
 
   /** Closes the observer sessions whose account or password-file user was removed or changed since they logged in. */
   async function dropRevokedObservers (): Promise<void> {
-    for (const client of Object.values(clientsOf(aedes))) {
-      const grant = client === undefined ? undefined : observerGrants.get(client)
-      if (client === undefined || grant === undefined || client.closed) continue
+    for (const client of [...observerClients]) {
+      const grant = observerGrants.get(client)!
       const name = observerSessions.get(client)!
-      if (await observers!.stillValid(name, grant)) continue
+      if (client.closed || await observers!.stillValid(name, grant)) continue
       logger.info({ observer: name, clientId: client.id, reason: 'observer_removed' }, 'observer disconnected: its account or password was removed or changed')
       client.close()
     }

@@ -308,6 +308,8 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
   }
 
   async function recordInfo (session: DeviceSession, payload: Buffer): Promise<{ ok: true } | { ok: false, reason: string }> {
+    // an empty retained message clears the retained info (MQTT's way); the registry keeps what it has
+    if (payload.length === 0) return { ok: true }
     const result = await registry.recordInfo(session.serial, payload)
     const version = result.ok ? result.firmware.firmware_version : undefined
     if (updates !== undefined && version !== undefined) await updates.infoReported(session.serial, version, session.connectedAt)

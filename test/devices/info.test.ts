@@ -116,6 +116,16 @@ for (const database of DATABASES) {
       t.ok(client.mqtt.connected, 'the device stays connected')
     })
 
+    t.test('an empty retained info clears the retained message, is not reported, and keeps the registry as it was', async (t) => {
+      const { client, reports } = await device(t, ts)
+      await publishInfo(client, JSON.stringify({ firmware_version: '4.0.0', site: 'lab' }))
+      await eventually(async () => (await row(ts, client.serial)).firmware_version === '4.0.0', 5000, 'info stored')
+      await publishInfo(client, '')
+      await settledInfo(ts, client)
+      t.same(reports, [], 'no report for the empty message')
+      t.match(await row(ts, client.serial), { firmware_version: '4.0.0', metadata: { site: 'lab' } })
+    })
+
     t.test('an info published to another device\'s topic changes nothing there', async (t) => {
       const { client: a, reports } = await device(t, ts)
       const { client: b } = await device(t, ts)

@@ -13,6 +13,7 @@ import { createFirmwareFiles } from '../storage/firmware-files.js'
 import { createFirmwareRepository } from '../storage/repos/firmware-repo.js'
 import { parseCommand, withSubcommands, type Output } from './main.js'
 import { createProgressBar } from './progress.js'
+import { whileStoppable } from './stop-signals.js'
 import { viaServerOrDatabase } from './via-server.js'
 
 async function upload (args: string[], output: Output): Promise<void> {
@@ -33,12 +34,8 @@ async function upload (args: string[], output: Output): Promise<void> {
   const bar = createProgressBar('uploading', size)
   const counted = new Transform({ transform (chunk: Buffer, _encoding, done) { bar.advance(chunk.length); done(null, chunk) } })
   // Ctrl-C while the bytes stream in: the staged part is removed (stage() cleans up after a failed stream)
-  const interrupt = (): void => { counted.destroy(new CommandError('upload interrupted; nothing was kept')) }
-  process.once('SIGINT', interrupt)
-  process.once('SIGTERM', interrupt)
-  const staged = await storage.stage(createReadStream(file!).pipe(counted), config.firmwareMaxBytes).finally(() => {
-    process.off('SIGINT', interrupt)
-    process.off('SIGTERM', interrupt)
+  const staged = await whileStoppable(storage.stage(createReadStream(file!).pipe(counted), config.firmwareMaxBytes), () => {
+    counted.destroy(new CommandError('upload interrupted; nothing was kept'))
   })
   bar.done()
 

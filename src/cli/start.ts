@@ -3,19 +3,14 @@ import closeWithGrace from 'close-with-grace'
 import { loadConfig } from '../config.js'
 import { createServer } from '../server.js'
 import { parseCommand, type Output } from './main.js'
+import { whileStoppable } from './stop-signals.js'
 
 export async function start (args: string[], _output: Output): Promise<void> {
   parseCommand(args, {})
   const config = loadConfig()
   // a stop asked for while starting (migrations can take a while) is honoured once started
   let stopWhileStarting: NodeJS.Signals | undefined
-  const remember = (signal: NodeJS.Signals): void => { stopWhileStarting = signal }
-  process.once('SIGINT', remember)
-  process.once('SIGTERM', remember)
-  const server = await createServer(config).finally(() => {
-    process.off('SIGINT', remember)
-    process.off('SIGTERM', remember)
-  })
+  const server = await whileStoppable(createServer(config), (signal) => { stopWhileStarting = signal })
   if (stopWhileStarting !== undefined) {
     server.logger.info({ signal: stopWhileStarting }, 'shutting down (asked while starting)')
     await server.close()

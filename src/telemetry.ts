@@ -34,8 +34,8 @@ export function createTelemetry (options: { connectedDevices: () => number, metr
   const payloadsRejected = counter('shepherd_metrics_payloads_rejected_total', 'Metrics messages refused as a whole, by reason', ['reason'])
   for (const reason of PAYLOAD_REJECTIONS) payloadsRejected.inc({ reason }, 0)
   const pointsDropped = counter('shepherd_metrics_points_dropped_total', 'Valid metric points dropped by backpressure, by reason', ['reason'])
-  const overloadDisconnects = counter('shepherd_metrics_overload_disconnects_total', 'Devices disconnected without acknowledging a QoS 1 metrics publish, as held publishes were at their cap')
   for (const reason of DROP_REASONS) pointsDropped.inc({ reason }, 0)
+  const overloadDisconnects = counter('shepherd_metrics_overload_disconnects_total', 'Devices disconnected without acknowledging a QoS 1 metrics publish, as held publishes were at their cap')
   const handlerFailures = counter('shepherd_metrics_handler_failures_total', 'Metric batches a handler failed on, by handler', ['handler'])
   const handlerDropped = counter('shepherd_metrics_handler_batches_dropped_total', 'Metric batches a lossy handler dropped from its full backlog, by handler', ['handler'])
   const handlerDuration = new Histogram({

@@ -103,6 +103,16 @@ interface Runner {
 /** A held publish; `publish` is undefined for a QoS 0 publish whose points were dropped. */
 interface Held { publish: MetricsPublish | undefined, bytes: number, done: () => void, gone: () => boolean }
 
+/** Whether `work` settled within `ms` (its rejection, if first, is thrown). */
+async function settlesWithin (work: Promise<unknown>, ms: number): Promise<boolean> {
+  let deadline: NodeJS.Timeout | undefined
+  try {
+    return await Promise.race([work.then(() => true), new Promise<boolean>(resolve => { deadline = setTimeout(() => { resolve(false) }, ms) })])
+  } finally {
+    clearTimeout(deadline)
+  }
+}
+
 const noStats: PipelineStats = {
   pointsAccepted () {}, pointsRejected () {}, payloadRejected () {}, pointsDropped () {}, handlerRan () {}, handlerBatchDropped () {}, overloadDisconnect () {}
 }
@@ -311,28 +321,18 @@ export function createMetricsPipeline (options: PipelineOptions) {
       held.length = 0
       heldBytes = 0
       pump()
-      let deadline: NodeJS.Timeout | undefined
-      const flushed = await Promise.race([
-        new Promise<boolean>(resolve => { idleWaiters.push(() => { resolve(true) }); checkIdle() }),
-        new Promise<boolean>(resolve => { deadline = setTimeout(() => { resolve(false) }, timeoutMs) })
-      ])
-      clearTimeout(deadline)
+      const flushed = await settlesWithin(new Promise<void>(resolve => { idleWaiters.push(resolve); checkIdle() }), timeoutMs)
       clearTimeout(timer)
       if (!flushed) {
         logger.warn({ queuedPoints: queued, backlogs: Object.fromEntries(runners.map(r => [r.handler.name, r.backlog.length])) }, 'metrics pipeline did not flush in time; the rest is lost')
       }
       await Promise.all(runners.map(async ({ handler }) => {
-        let deadline: NodeJS.Timeout | undefined
         try {
-          const closedInTime = await Promise.race([
-            Promise.resolve(handler.close?.()).then(() => true),
-            new Promise<boolean>(resolve => { deadline = setTimeout(() => { resolve(false) }, handlerCloseTimeoutMs) })
-          ])
-          if (!closedInTime) logger.error({ handler: handler.name, timeout_ms: handlerCloseTimeoutMs }, 'metrics handler did not close in time')
+          if (!await settlesWithin(Promise.resolve(handler.close?.()), handlerCloseTimeoutMs)) {
+            logger.error({ handler: handler.name, timeout_ms: handlerCloseTimeoutMs }, 'metrics handler did not close in time')
+          }
         } catch (error) {
           logger.error({ handler: handler.name, err: error }, 'metrics handler failed to close')
-        } finally {
-          clearTimeout(deadline)
         }
       }))
     })()

@@ -62,25 +62,17 @@ export function createFleetTrust (caPem: string, options: { cacheSize?: number }
     return check
   }
 
-  /** The verdict, and whether it may be cached: input that does not parse is not (junk must not push real devices out). */
-  function verifyUncached (leafDer: Buffer, chainDer: readonly Buffer[]): { check: CertificateCheck, cacheable: boolean } {
-    let leaf: X509Certificate
-    let intermediates: X509Certificate[]
-    try {
-      leaf = parseExactly(leafDer, 'the certificate')
-      intermediates = chainDer.map((der, i) => parseExactly(der, `chain[${i}]`))
-    } catch (error) {
-      return { check: { ok: false, detail: `does not parse as X.509: ${(error as Error).message}` }, cacheable: false }
-    }
+  /** The verdict on certificates that parsed (cached; input that does not parse is not, so junk cannot push real devices out). */
+  function verdictOn (leaf: X509Certificate, intermediates: readonly X509Certificate[], leafDer: Buffer): CertificateCheck {
     const key = leaf.publicKey
     if (key.asymmetricKeyType !== 'ec' || key.asymmetricKeyDetails?.namedCurve !== 'prime256v1') {
-      return { check: { ok: false, detail: 'the certificate key is not an ECDSA P-256 key' }, cacheable: true }
+      return { ok: false, detail: 'the certificate key is not an ECDSA P-256 key' }
     }
-    return { cacheable: true, check: {
+    return {
       ok: true,
       certificate: {
         commonName: commonNameOf(leaf),
-        publicKey: leaf.publicKey,
+        publicKey: key,
         fingerprint: createHash('sha256').update(leafDer).digest('hex'),
         notBefore: Date.parse(leaf.validFrom),
         notAfter: Date.parse(leaf.validTo),
@@ -88,7 +80,7 @@ export function createFleetTrust (caPem: string, options: { cacheSize?: number }
         chainNotBefore: Math.max(0, ...intermediates.map(c => Date.parse(c.validFrom))),
         chainNotAfter: Math.min(8.64e15, ...intermediates.map(c => Date.parse(c.validTo)))
       }
-    } }
+    }
   }
 
   function chainError (links: readonly X509Certificate[]): string | undefined {
@@ -114,8 +106,15 @@ export function createFleetTrust (caPem: string, options: { cacheSize?: number }
       const key = hash.digest('base64')
       const cached = cache.get(key)
       if (cached !== undefined) return cached
-      const { check, cacheable } = verifyUncached(leafDer, chainDer)
-      return cacheable ? remember(key, check) : check
+      let leaf: X509Certificate
+      let intermediates: X509Certificate[]
+      try {
+        leaf = parseExactly(leafDer, 'the certificate')
+        intermediates = chainDer.map((der, i) => parseExactly(der, `chain[${i}]`))
+      } catch (error) {
+        return { ok: false, detail: `does not parse as X.509: ${(error as Error).message}` }
+      }
+      return remember(key, verdictOn(leaf, intermediates, leafDer))
     },
     verifySignature (certificate, message, signature) {
       const dsaEncoding = signature.length === 64 ? 'ieee-p1363' : 'der'

@@ -58,6 +58,7 @@ import { firmwareRoutes } from './http/routes/firmware.js'
 import { updateRoutes } from './http/routes/updates.js'
 import type { StagedFile } from './firmware/types.js'
 import { createObservers, type Observers } from './observers/observers.js'
+import type { LoginLimitOptions } from './observers/login-limit.js'
 import { createObserverRepository } from './storage/repos/observers-repo.js'
 import { openPasswordFile } from './storage/password-file.js'
 import { startSysTopics } from './mqtt/sys-topics.js'
@@ -78,6 +79,8 @@ export interface ServerOptions {
   mqttMaxBufferedBytes?: number
   /** How often live observer sessions are checked against their accounts (default 10 s). */
   observerRecheckMs?: number
+  /** Observer password checks running and waiting at once (default 2 and 100). */
+  observerLoginLimit?: LoginLimitOptions
 }
 
 export interface ShepherdServer {
@@ -222,7 +225,8 @@ export async function createServer (config: Config, options: ServerOptions = {})
     const observers = createObservers({ repo: createObserverRepository(db.knex), passwordFile: () => passwordFile?.current() })
     const gateway = createDeviceGateway({
       authenticator, registry, presence, publish, logger, stats: telemetry.stats, metrics: pipeline, commands, updates,
-      observers: { verify: observers.verify, stillValid: observers.stillValid, isDevice: async clientId => await repo.find(clientId) !== undefined }
+      observers: { verify: observers.verify, stillValid: observers.stillValid, isDevice: async clientId => await repo.find(clientId) !== undefined },
+      observerLoginLimit: options.observerLoginLimit
     })
     dropRevokedObservers = () => { gateway.dropRevokedObservers().catch((error: unknown) => { logger.warn({ err: error }, 'could not check the observer sessions') }) }
     const observerRecheck = setInterval(dropRevokedObservers, options.observerRecheckMs ?? OBSERVER_RECHECK_MS)

@@ -15,6 +15,7 @@ import type { MetricsPipeline } from '../metrics/pipeline.js'
 import type { Commands } from '../commands/commands.js'
 import type { Updates } from '../firmware/updates.js'
 import type { ObserverGrant } from '../observers/observers.js'
+import { createLoginLimit, type LoginLimitOptions } from '../observers/login-limit.js'
 import { PacketTooLarge } from './packet-limit.js'
 import { deviceTopic, isValidSerial, parseDeviceTopic } from '../topics.js'
 
@@ -70,6 +71,8 @@ export interface DeviceGatewayDeps {
     /** Whether `clientId` is a registered device's serial (an observer may not take its session). */
     isDevice (clientId: string): Promise<boolean>
   }
+  /** How many observer password checks run and wait at once (createLoginLimit's defaults without it). */
+  observerLoginLimit?: LoginLimitOptions
 }
 
 function remoteAddress (client: Client): string | undefined {
@@ -86,6 +89,7 @@ function authError (reason: string, detail: string, returnCode: number): Authent
 
 export function createDeviceGateway (deps: DeviceGatewayDeps) {
   const { authenticator, registry, presence, publish, logger, stats, metrics, commands, updates, observers } = deps
+  const observerLogins = createLoginLimit(deps.observerLoginLimit)
   const sessions = new WeakMap<Client, DeviceSession>()
   /** Observer logins, by client: the account name. */
   const observerSessions = new WeakMap<Client, string>()
@@ -109,18 +113,23 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
 
   /** A login with a password that is no device credential: an observer's, or refused. */
   async function authenticateObserver (client: Client, username: string | undefined, password: Buffer | undefined): Promise<AuthenticateError | undefined> {
+    const address = remoteAddress(client)
     const refuse = (reason: keyof typeof OBSERVER_REFUSAL_CODES, detail: string): AuthenticateError => {
       stats.connectRefused(reason)
-      logger.warn({ observer: username, clientId: client.id, reason, detail, remote: remoteAddress(client) }, 'observer connection refused')
+      logger.warn({ observer: username, clientId: client.id, reason, detail, remote: address }, 'observer connection refused')
       return authError(reason, detail, OBSERVER_REFUSAL_CODES[reason])
     }
-    const grant = username === undefined || username === '' || password === undefined ? undefined : await observers!.verify(username, password)
+    const attempt = username === undefined || username === '' || password === undefined
+      ? { admitted: true as const, value: undefined }
+      : await observerLogins.run(async () => await observers!.verify(username, password))
+    if (!attempt.admitted) return refuse('observer_logins_busy', attempt.detail)
+    const grant = attempt.value
     if (grant === undefined) {
       if (username === client.id && isValidSerial(username)) {
         // shaped like a device's login (client id = username = a serial): said as a device refusal
         const detail = 'password is neither a device credential (a JSON object with cert, at most 16 KiB) nor an observer\'s password'
         stats.connectRefused('not_a_device_credential')
-        logger.warn({ serial: username, reason: 'not_a_device_credential', detail, remote: remoteAddress(client) }, 'device connection refused')
+        logger.warn({ serial: username, reason: 'not_a_device_credential', detail, remote: address }, 'device connection refused')
         return authError('not_a_device_credential', detail, REFUSAL_RETURN_CODES.not_a_device_credential)
       }
       return refuse('observer_bad_credentials', 'unknown observer or wrong password')
@@ -132,7 +141,7 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
     observerGrants.set(client, grant)
     observerClients.add(client)
     client.conn.once('close', () => { observerClients.delete(client) })
-    logger.info({ observer: username, clientId: client.id, remote: remoteAddress(client) }, 'observer connected')
+    logger.info({ observer: username, clientId: client.id, remote: address }, 'observer connected')
     return undefined
   }
 

@@ -22,5 +22,7 @@ export function isBridgeNotification (clientId: string, topic: string): boolean 
 /** Refusals of observer logins, with their CONNACK return codes. */
 export const OBSERVER_REFUSAL_CODES = {
   observer_bad_credentials: 4,
+  /** Too many logins being checked at once: server unavailable, try again later. */
+  observer_logins_busy: 3,
   observer_client_id_is_a_device: 2
 } as const

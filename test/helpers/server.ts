@@ -8,7 +8,7 @@ import pg from 'pg'
 import type { Test } from 'tap'
 import { loadConfig } from '../../src/config.js'
 import { createLogger } from '../../src/logger.js'
-import { createServer, type ShepherdServer } from '../../src/server.js'
+import { createServer, type ServerOptions, type ShepherdServer } from '../../src/server.js'
 import { createTestPki, type TestPki } from './pki.js'
 import { Writable } from 'node:stream'
 
@@ -51,6 +51,7 @@ export interface TestServerOptions {
   sysIntervalMs?: number
   mqttMaxBufferedBytes?: number
   observerRecheckMs?: number
+  observerLoginLimit?: ServerOptions['observerLoginLimit']
   /** Keep the database after close (to restart on it). */
   keepDatabase?: boolean
 }
@@ -108,7 +109,8 @@ export async function startTestServer (t: Test, options: TestServerOptions = {})
     sseHeartbeatMs: options.sseHeartbeatMs,
     sysIntervalMs: options.sysIntervalMs,
     mqttMaxBufferedBytes: options.mqttMaxBufferedBytes,
-    observerRecheckMs: options.observerRecheckMs
+    observerRecheckMs: options.observerRecheckMs,
+    observerLoginLimit: options.observerLoginLimit
   })
   const { httpPort, mqttPort } = await server.listen({ http: 0, mqtt: 0 })
   let closed = false

@@ -168,3 +168,17 @@ t.test('observers', async (t) => {
     t.ok(ts.logs.some(line => line.msg === 'MQTT_PASSWORD_FILE cannot be read: none of its users can log in until it can'))
   })
 })
+
+t.test('observer logins beyond the password-check limit are refused with 3 (server unavailable) without a check', async (t) => {
+  const ts = await startTestServer(t, { observerLoginLimit: { maxConcurrent: 1, maxWaiting: 0 } })
+  const created = await ts.server.observers.add('crowd')
+  if (!created.ok) throw new Error('observer not created')
+  // sent together: the first one's scrypt check (tens of ms) is running when the others arrive
+  const codes = await Promise.all(Array.from({ length: 6 }, async () => await refusedWith(ts, { username: 'crowd', password: created.password })))
+  t.ok(codes.includes(undefined), `one logged in (${codes.join(', ')})`)
+  t.ok(codes.includes(3), 'the ones beyond the limit were refused with 3')
+  t.same(codes.filter(code => code !== undefined && code !== 3), [], 'no other refusal')
+  t.ok(ts.logs.some(line => line.msg === 'observer connection refused' && line.reason === 'observer_logins_busy' && line.observer === 'crowd'))
+  t.match(await ts.server.metrics(), /shepherd_device_connect_refusals_total\{reason="observer_logins_busy"\} [1-5]/)
+  t.equal(await refusedWith(ts, { username: 'crowd', password: created.password }), undefined, 'once the crowd is gone a login goes through')
+})

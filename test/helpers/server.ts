@@ -17,6 +17,11 @@ export const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
 
 export type DatabaseChoice = 'pglite' | 'postgres'
 export const DATABASES: readonly DatabaseChoice[] = ['pglite', 'postgres']
+/**
+ * The database of a test that does not choose one: PGlite, or PostgreSQL with TEST_DATABASE=postgres,
+ * which runs the whole suite on the real server (tests that loop over DATABASES run on both anyway).
+ */
+export const DEFAULT_DATABASE: DatabaseChoice = process.env.TEST_DATABASE === 'postgres' ? 'postgres' : 'pglite'
 
 export interface TestServer {
   server: ShepherdServer
@@ -82,7 +87,7 @@ export async function startTestServer (t: Test, options: TestServerOptions = {})
   await writeFile(caPath, pki.caPem)
   let database: { url: string, drop (): Promise<void> } | undefined
   let databaseUrl = options.databaseUrl
-  if (databaseUrl === undefined && options.database === 'postgres') {
+  if (databaseUrl === undefined && (options.database ?? DEFAULT_DATABASE) === 'postgres') {
     database = await createTestDatabase()
     databaseUrl = database.url
   }

@@ -45,7 +45,7 @@ export interface Update {
   created_at: Date
   /** A pending update not started by then fails (timeout). */
   expires_at: Date
-  /** The latest state change or progress report. */
+  /** The latest progress: a state change or a higher progress (the stage timeout's clock). */
   status_at: Date
   downloading_at: Date | null
   applying_at: Date | null
@@ -119,8 +119,8 @@ export interface UpdateRepository {
   listForDevice (serial: string, options: { before?: TimeKey, limit: number }): Promise<Update[]>
   /** Applies a report to the device's update while it is in progress and not past the reported stage; undefined otherwise. */
   report (serial: string, id: string, change: { state: UpdateState, progress: number | null, error: string | null, failure_reason: FailureReason | null }, at: Date): Promise<Update | undefined>
-  /** Fails updates in progress that went quiet too long, or were never started before they expired. */
-  failStale (quietSince: Date, now: Date): Promise<Update[]>
+  /** Fails updates in progress that made no progress for too long, or were never started before they expired. */
+  failStale (stalledSince: Date, now: Date): Promise<Update[]>
   /** Throws FirmwareGone when the firmware was deleted meanwhile. */
   insertRollout (rollout: Rollout): Promise<void>
   findRollout (id: string): Promise<(Rollout & RolloutCounts) | undefined>

@@ -3,7 +3,8 @@
 // subscribes) and sends it as an `update` command. The device's `update_status` reports move it
 // through downloading and applying; it is complete when the device says so or comes back
 // reporting the new firmware_version, failed when the device says so, comes back on the old
-// version after applying (reverted), or goes quiet for too long (timeout). A finished update's
+// version after applying (reverted), or makes no progress for too long (timeout: only another
+// stage or a higher progress restarts the clock, not the same report again). A finished update's
 // retained offer is cleared. Offers carry a signed download URL that expires, so every delivery
 // (a command sent later, a device subscribing again) gets a freshly signed one.
 // Knows nothing of MQTT, HTTP or knex.
@@ -286,7 +287,10 @@ export function createUpdates (deps: UpdatesDeps) {
       return { ...command.payload, url: deps.downloadUrl(update.firmware_id) }
     },
 
-    /** Fails updates that went quiet while downloading or applying, or were not started before they expired. */
+    /**
+     * Fails updates that made no progress (no stage change, no higher progress) for the stage
+     * timeout while downloading or applying, or were not started before they expired.
+     */
     async failStale (): Promise<number> {
       const at = now()
       const failed = await repo.failStale(new Date(at.getTime() - deps.stageTimeoutSeconds * 1000), at)

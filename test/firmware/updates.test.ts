@@ -1,7 +1,8 @@
 // OTA updates through the real server, on PGlite and PostgreSQL, with devices that report by
 // hand: the offer (command and retained `firmware` message, contract §3) to online and offline
-// devices, refusals, progress reports and update.progress events, completion by report or by
-// the new version in info, failure, timeout, revert, forced supersede, group rollouts.
+// devices, refusals, progress reports and update.progress events (on the bus and over SSE),
+// completion by report or by the new version in info, failure, timeout (with no report, or with
+// the same progress reported again), revert, forced supersede, group rollouts with mixed outcomes.
 import { randomBytes } from 'node:crypto'
 import t from 'tap'
 import type { Test } from 'tap'
@@ -10,6 +11,7 @@ import type { DeliveredEvent } from '../../src/events/event-bus.js'
 import { deviceTopic } from '../../src/topics.js'
 import { DATABASES, eventually, startTestServer, type TestServer } from '../helpers/server.js'
 import { uniqueSerial } from '../helpers/pki.js'
+import { isEvent, openEvents } from '../helpers/sse.js'
 import { upload } from './store.test.js'
 
 interface Received { topic: string, payload: string }
@@ -94,6 +96,25 @@ for (const database of DATABASES) {
       t.same(history.body.items.map((u: { id: string }) => u.id), [started.body.id])
     })
 
+    t.test('update.progress reaches a client of GET /api/events over a real HTTP stream', async (t) => {
+      const serial = uniqueSerial('ota-sse')
+      const dev = await manualDevice(t, ts, serial)
+      const stream = await openEvents(t, ts, `?type=update.progress&serial=${serial}`)
+      t.equal(stream.status, 200)
+      const started = await ts.api('POST', `/api/devices/${serial}/update`, { body: { firmware_id: v2.id } })
+      const id: string = started.body.id
+      const pending = await stream.waitFor('update.progress pending', frame => isEvent('update.progress', serial)(frame) && frame.data.status === 'pending')
+      t.same(pending.data, { serial, update_id: id, status: 'pending' })
+      await dev.report({ update_id: id, status: 'downloading', progress: 40 })
+      const downloading = await stream.waitFor('update.progress downloading', frame => isEvent('update.progress', serial)(frame) && frame.data.status === 'downloading')
+      t.same(downloading.data, { serial, update_id: id, status: 'downloading', progress: 40 })
+      await dev.report({ update_id: id, status: 'failed', error: 'sha256 mismatch' })
+      const failed = await stream.waitFor('update.progress failed', frame => isEvent('update.progress', serial)(frame) && frame.data.status === 'failed')
+      t.same(failed.data, { serial, update_id: id, status: 'failed', progress: 40, error: 'sha256 mismatch', reason: 'device' })
+      t.same(stream.frames.filter(frame => frame.event !== undefined).map(frame => `${frame.event} ${frame.data.status}`),
+        ['update.progress pending', 'update.progress downloading', 'update.progress failed'], 'in order, and only this device\'s update.progress')
+    })
+
     t.test('an offline device gets the retained offer when it connects; complete by the new version in info', async (t) => {
       const serial = uniqueSerial('offline')
       await ts.server.db.knex('devices').insert({ serial, firmware_version: '1.0.0', firmware_target: 'rpi4' })
@@ -156,7 +177,7 @@ for (const database of DATABASES) {
       await eventually(() => dev.offers().at(-1) === null, 5000, 'the retained offer cleared')
     })
 
-    t.test('timeout: a device quiet too long while downloading, an offer never started before it expires', async (t) => {
+    t.test('timeout: a device quiet too long, or re-reporting the same progress, while downloading; an offer never started before it expires', async (t) => {
       const serial = uniqueSerial('quiet')
       const dev = await manualDevice(t, ts, serial)
       const started = await ts.api('POST', `/api/devices/${serial}/update`, { body: { firmware_id: v2.id } })
@@ -165,8 +186,40 @@ for (const database of DATABASES) {
       // the last report an hour and a minute ago (UPDATE_STAGE_TIMEOUT is one hour)
       await ts.server.db.knex('updates').where({ id: started.body.id }).update({ status_at: new Date(Date.now() - 3_660_000) })
       const failed = await untilState(ts, started.body.id, 'failed')
-      t.match(failed, { failure_reason: 'timeout', error: /while downloading/ })
+      t.match(failed, { failure_reason: 'timeout', error: /no progress .*while downloading/ })
       await eventually(() => dev.offers().at(-1) === null, 5000, 'the retained offer cleared')
+
+      // two devices downloading whose last progress was as long ago, the timeout 5 s away: one
+      // re-reports the same progress (and none), the other a higher progress. The sweep fails
+      // both in one statement, so once the stuck one failed the other would have too had its
+      // clock not restarted.
+      const [stuck, slow] = await Promise.all([uniqueSerial('stuck'), uniqueSerial('slow')].map(async (member) => {
+        const device = await manualDevice(t, ts, member)
+        const id: string = (await ts.api('POST', `/api/devices/${member}/update`, { body: { firmware_id: v2.id } })).body.id
+        return { serial: member, dev: device, id }
+      }))
+      const reports: DeliveredEvent[] = []
+      t.teardown(ts.server.events.subscribe(event => { if (event.type === 'update.progress') reports.push(event) }))
+      const reportsOf = (serial: string) => reports.filter(event => event.serial === serial).map(event => JSON.parse(event.json))
+      for (const { dev, id } of [stuck!, slow!]) await dev.report({ update_id: id, status: 'downloading', progress: 40 })
+      for (const { id } of [stuck!, slow!]) await untilState(ts, id, 'downloading')
+      const lastProgress = new Date(Date.now() - 3_600_000 + 5000)
+      await ts.server.db.knex('updates').whereIn('id', [stuck!.id, slow!.id]).update({ status_at: lastProgress })
+      await stuck!.dev.report({ update_id: stuck!.id, status: 'downloading', progress: 40 })
+      await stuck!.dev.report({ update_id: stuck!.id, status: 'downloading' })
+      await slow!.dev.report({ update_id: slow!.id, status: 'downloading', progress: 41 })
+      await eventually(() => reportsOf(stuck!.serial).length >= 3 && reportsOf(slow!.serial).length >= 2, 4000, 'the reports applied')
+      t.same(reportsOf(stuck!.serial).map(r => [r.status, r.progress]), [['downloading', 40], ['downloading', 40], ['downloading', 40]], 'each report applied (and announced)')
+      t.match(await updateOf(ts, stuck!.id), { state: 'downloading', progress: 40, status_at: lastProgress.toISOString() }, 'the same progress again does not restart the clock')
+      const climbing = await updateOf(ts, slow!.id)
+      t.match(climbing, { state: 'downloading', progress: 41 })
+      t.ok(new Date(climbing.status_at) > lastProgress, 'a higher progress restarts the clock')
+
+      const timedOut = await eventually(async () => { const u = await updateOf(ts, stuck!.id); return u.state === 'failed' && u }, 10_000, 'the stuck update failed')
+      t.match(timedOut, { failure_reason: 'timeout', error: /no progress .*while downloading/ }, 'stuck at 40 % times out')
+      t.match(await updateOf(ts, slow!.id), { state: 'downloading', progress: 41, failure_reason: null }, 'a download that keeps climbing does not')
+      await slow!.dev.report({ update_id: slow!.id, status: 'applying' })
+      t.match(await untilState(ts, slow!.id, 'applying'), { failure_reason: null })
 
       const offline = uniqueSerial('never')
       await ts.server.db.knex('devices').insert({ serial: offline })
@@ -212,26 +265,45 @@ for (const database of DATABASES) {
       t.match(await untilState(ts, started.body.id, 'complete'), { progress: 100 }, 'complete once back after applying')
     })
 
-    t.test('group rollout: online, offline, other target and revoked members; counts by state', async (t) => {
+    t.test('group rollout with mixed outcomes: complete, failed, pending (offline), skipped (other target, revoked); counts by state', async (t) => {
       const group = (await ts.api('POST', '/api/groups', { body: { name: `rollout-${randomBytes(3).toString('hex')}` } })).body
       const online = uniqueSerial('g-on')
       const dev = await manualDevice(t, ts, online)
+      const done = uniqueSerial('g-done')
+      const doneDev = await manualDevice(t, ts, done)
       const offline = uniqueSerial('g-off')
       const wrong = uniqueSerial('g-bbb')
       const revoked = uniqueSerial('g-rev')
       await ts.server.db.knex('devices').insert([{ serial: offline, firmware_target: 'rpi4' }, { serial: wrong, firmware_target: 'bbb' }, { serial: revoked, revoked: true }])
-      await ts.api('POST', `/api/groups/${group.id}/devices`, { body: { serials: [online, offline, wrong, revoked] } })
+      await ts.api('POST', `/api/groups/${group.id}/devices`, { body: { serials: [online, done, offline, wrong, revoked] } })
       const rollout = await ts.api('POST', `/api/groups/${group.id}/update`, { body: { firmware_id: v2.id } })
       t.equal(rollout.status, 202)
-      t.match(rollout.body, { group_id: group.id, firmware_id: v2.id, version: '2.0.0', total: 2, states: { pending: 2 } })
-      t.same(rollout.body.updates.map((u: { serial: string }) => u.serial).sort(), [online, offline].sort())
+      t.match(rollout.body, { group_id: group.id, firmware_id: v2.id, version: '2.0.0', total: 3, states: { pending: 3 } })
+      t.same(rollout.body.updates.map((u: { serial: string }) => u.serial).sort(), [online, done, offline].sort())
       t.same(rollout.body.ids, rollout.body.updates.map((u: { id: string }) => u.id))
       t.same(rollout.body.skipped.map((s: { serial: string, reason: string }) => [s.serial, s.reason]).sort(), [[revoked, 'revoked'], [wrong, 'target_mismatch']].sort())
-      const mine = rollout.body.updates.find((u: { serial: string }) => u.serial === online).id
+      const idOf = (serial: string): string => rollout.body.updates.find((u: { serial: string }) => u.serial === serial).id
+      const mine = idOf(online)
       await eventually(() => dev.offers().find(o => o?.update_id === mine), 5000, 'the online member got its offer')
       await dev.report({ update_id: mine, status: 'failed', error: 'no space left' })
-      const counts = await eventually(async () => { const r = await ts.api('GET', `/api/groups/${group.id}/updates/${rollout.body.rollout_id}`); return r.body.states.failed === 1 && r.body }, 5000, 'counted')
-      t.match(counts, { total: 2, states: { pending: 1, failed: 1, complete: 0 } })
+
+      // the other online member applies the update and comes back on the new version
+      const doneId = idOf(done)
+      await eventually(() => doneDev.offers().find(o => o?.update_id === doneId), 5000, 'the second online member got its offer')
+      await doneDev.report({ update_id: doneId, status: 'downloading', progress: 100 })
+      await doneDev.report({ update_id: doneId, status: 'applying' })
+      await untilState(ts, doneId, 'applying')
+      await doneDev.device.mqtt.endAsync(true)
+      const back = await connectDevice({ url: ts.mqttUrl, identity: await ts.pki.device(done), answerCommands: false, timestamp: nextSecond(), info: { firmware_version: '2.0.0', firmware_target: 'rpi4' } })
+      t.teardown(() => back.mqtt.end(true))
+      t.match(await untilState(ts, doneId, 'complete'), { progress: 100, failure_reason: null })
+
+      const counts = await eventually(async () => {
+        const r = await ts.api('GET', `/api/groups/${group.id}/updates/${rollout.body.rollout_id}`)
+        return r.body.states.failed === 1 && r.body.states.complete === 1 && r.body
+      }, 5000, 'counted')
+      t.match(counts, { rollout_id: rollout.body.rollout_id, group_id: group.id, total: 3 })
+      t.same(counts.states, { pending: 1, downloading: 0, applying: 0, complete: 1, failed: 1 }, 'one complete, one failed, the offline member still pending (skipped members not counted)')
       t.equal((await ts.api('GET', `/api/groups/${group.id + 1000}/updates/${rollout.body.rollout_id}`)).status, 404, 'another group\'s rollout')
       t.equal((await ts.api('POST', `/api/groups/${group.id + 1000}/update`, { body: { firmware_id: v2.id } })).status, 404)
     })

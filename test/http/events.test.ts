@@ -2,66 +2,10 @@
 // offline events, serial and type filters, authentication, heartbeats, a server closing with
 // streams open, and events crossing nodes through Redis.
 import t from 'tap'
-import type { Test } from 'tap'
-import http from 'node:http'
-import { once } from 'node:events'
 import { connectDevice } from '../../src/device-client/device-client.js'
-import { eventually, startTestServer, type TestServer } from '../helpers/server.js'
+import { eventually, startTestServer } from '../helpers/server.js'
 import { createTestPki, uniqueSerial } from '../helpers/pki.js'
-
-interface Frame { event?: string, data?: any, comment?: string } // eslint-disable-line @typescript-eslint/no-explicit-any
-
-interface EventStream {
-  status: number
-  headers: http.IncomingHttpHeaders
-  /** Parsed frames received so far (200), or the error body (otherwise). */
-  frames: Frame[]
-  body: any // eslint-disable-line @typescript-eslint/no-explicit-any
-  ended: Promise<void>
-  waitFor (what: string, match: (frame: Frame) => boolean, timeoutMs?: number): Promise<Frame>
-  close (): void
-}
-
-function parseFrame (block: string): Frame {
-  const frame: Frame = {}
-  for (const line of block.split('\n')) {
-    if (line.startsWith(':')) frame.comment = line.slice(1).trim()
-    else if (line.startsWith('event: ')) frame.event = line.slice('event: '.length)
-    else if (line.startsWith('data: ')) frame.data = JSON.parse(line.slice('data: '.length))
-  }
-  return frame
-}
-
-/** Opens a real HTTP request to /api/events (the test token unless `token` says otherwise). */
-async function openEvents (t: Test, ts: TestServer, query = '', token: string | null = ts.apiToken): Promise<EventStream> {
-  const request = http.get(`${ts.httpUrl}/api/events${query}`, { headers: token === null ? {} : { authorization: `Bearer ${token}` } })
-  t.teardown(() => { request.destroy() })
-  const [response] = await once(request, 'response') as [http.IncomingMessage]
-  response.setEncoding('utf8')
-  const frames: Frame[] = []
-  let text = ''
-  response.on('data', (chunk: string) => {
-    text += chunk
-    if (response.statusCode !== 200) return
-    for (let end = text.indexOf('\n\n'); end >= 0; end = text.indexOf('\n\n')) {
-      frames.push(parseFrame(text.slice(0, end)))
-      text = text.slice(end + 2)
-    }
-  })
-  const ended = new Promise<void>(resolve => { response.once('end', resolve); response.once('close', resolve) })
-  if (response.statusCode !== 200) await ended
-  return {
-    status: response.statusCode ?? 0,
-    headers: response.headers,
-    frames,
-    body: response.statusCode === 200 ? undefined : JSON.parse(text),
-    ended,
-    waitFor: async (what, match, timeoutMs = 5000) => await eventually(() => frames.find(match), timeoutMs, what),
-    close: () => { request.destroy() }
-  }
-}
-
-const isEvent = (type: string, serial: string) => (frame: Frame): boolean => frame.event === type && frame.data?.serial === serial
+import { isEvent, openEvents, type EventStream } from '../helpers/sse.js'
 
 t.test('live events over SSE', async (t) => {
   const ts = await startTestServer(t, { sseHeartbeatMs: 100 })

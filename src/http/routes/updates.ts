@@ -27,13 +27,13 @@ export const UpdateView = Type.Object({
   progress: Type.Union([Type.Integer({ minimum: 0, maximum: 100 }), Type.Null()]),
   error: Type.Union([Type.String(), Type.Null()]),
   failure_reason: Type.Union([Type.Literal('device'), Type.Literal('timeout'), Type.Literal('reverted'), Type.Literal('superseded'), Type.Null()], {
-    description: 'device: it reported failed; timeout: no report for UPDATE_STAGE_TIMEOUT, or not started before expires_at; reverted: it came back on the old version after applying; superseded: a forced update replaced it'
+    description: 'device: it reported failed; timeout: no progress (another stage or a higher progress) for UPDATE_STAGE_TIMEOUT while downloading or applying, or not started before expires_at; reverted: it came back on the old version after applying; superseded: a forced update replaced it'
   }),
   command_id: Type.Union([Type.String({ format: 'uuid' }), Type.Null()], { description: 'the update command that carried the offer' }),
   rollout_id: Type.Union([Type.String({ format: 'uuid' }), Type.Null()]),
   created_at: Type.String({ format: 'date-time' }),
   expires_at: Type.String({ format: 'date-time', description: 'a pending update not started by then fails' }),
-  status_at: Type.String({ format: 'date-time', description: 'the latest report or state change' }),
+  status_at: Type.String({ format: 'date-time', description: 'the latest progress: a state change or a higher progress (the stage timeout counts from it); a report repeating the same state and progress leaves it' }),
   downloading_at: Timestamp,
   applying_at: Timestamp,
   completed_at: Timestamp

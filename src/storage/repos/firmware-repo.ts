@@ -137,10 +137,15 @@ export function createUpdateRepository (knex: Knex): UpdateRepository {
       const [row] = await updates().where({ id, serial }).whereIn('state', from)
         .update({
           state: change.state,
-          progress: change.state === 'complete' ? 100 : change.progress === null ? knex.raw('progress') : change.progress,
+          // within a stage progress only grows (a device flipping between 39 and 40 % makes no progress)
+          progress: change.state === 'complete' ? 100 : change.progress === null ? knex.raw('progress')
+            : knex.raw('CASE WHEN state = ?::text THEN greatest(coalesce(progress, 0), ?::integer) ELSE ?::integer END', [change.state, change.progress, change.progress]),
           error: change.error,
           failure_reason: change.failure_reason,
-          status_at: at,
+          // the stage timeout's clock: restarted only by progress (another stage, or a higher progress),
+          // so a device re-reporting the same progress forever still times out
+          status_at: knex.raw('CASE WHEN state <> ?::text OR coalesce(progress, -1) < ?::integer THEN ?::timestamptz ELSE status_at END',
+            [change.state, change.progress ?? -1, at.toISOString()]),
           downloading_at: change.state === 'downloading' ? knex.raw('coalesce(downloading_at, ?::timestamptz)', [at.toISOString()]) : knex.raw('downloading_at'),
           applying_at: change.state === 'applying' ? knex.raw('coalesce(applying_at, ?::timestamptz)', [at.toISOString()]) : knex.raw('applying_at'),
           completed_at: finished ? at : null
@@ -148,16 +153,17 @@ export function createUpdateRepository (knex: Knex): UpdateRepository {
       return row === undefined ? undefined : updateOf(row)
     },
 
-    async failStale (quietSince, now) {
+    async failStale (stalledSince, now) {
+      // status_at moves only on progress (see report), so this is the time since the last progress
       const rows = await updates()
         .where(query => {
-          void query.where(q => { void q.whereIn('state', ['downloading', 'applying']).where('status_at', '<', quietSince) })
+          void query.where(q => { void q.whereIn('state', ['downloading', 'applying']).where('status_at', '<', stalledSince) })
             .orWhere(q => { void q.where({ state: 'pending' }).where('expires_at', '<=', now) })
         })
         .update({
           state: 'failed',
           failure_reason: 'timeout',
-          error: knex.raw("CASE WHEN state = 'pending' THEN 'the device did not start the update before it expired' ELSE 'no report from the device while ' || state || ' for too long (UPDATE_STAGE_TIMEOUT)' END"),
+          error: knex.raw("CASE WHEN state = 'pending' THEN 'the device did not start the update before it expired' ELSE 'no progress from the device while ' || state || ' for too long (UPDATE_STAGE_TIMEOUT)' END"),
           completed_at: now,
           status_at: now
         } as never).returning('*') as UpdateRow[]

@@ -113,6 +113,8 @@ export interface ShepherdServer {
 
 const PRE_AUTH_PACKET_BYTES = MAX_PASSWORD_BYTES + 4096 // the CONNECT: password plus ids, will, header
 const OBSERVER_RECHECK_MS = 10_000
+/** Aedes's messages for packets it refuses and closes the connection over (lib/handlers, lib/utils). */
+const AEDES_PROTOCOL_ERROR = /not allowed in|only allowed in|too many levels|empty topic|Invalid protocol|packet received not valid|maxInflightInbound/
 
 /** TLS_CERT and TLS_KEY read and checked as a pair now, so a wrong file stops the start with the setting's name. */
 async function loadTls (certPath: string, keyPath: string): Promise<{ cert: Buffer, key: Buffer }> {
@@ -255,7 +257,12 @@ export async function createServer (config: Config, options: ServerOptions = {})
       connectedDevices: gateway.connectedDevices,
       messages: telemetry.messageCounts
     }, logger, options.sysIntervalMs)
-    startedBroker.aedes.on('clientError', (client, error) => { logger.debug({ clientId: client.id, err: error }, 'mqtt client error') })
+    startedBroker.aedes.on('clientError', (client, error) => {
+      // a packet Aedes refuses (a wildcard in a PUBLISH topic, ...) closes the connection: say why;
+      // socket errors, keepalive timeouts and refused CONNECTs are logged where they are handled
+      if (AEDES_PROTOCOL_ERROR.test(error.message)) logger.warn({ clientId: client.id, reason: 'protocol_error', detail: error.message }, 'MQTT connection closed: the client broke the protocol')
+      else logger.debug({ clientId: client.id, err: error }, 'mqtt client error')
+    })
     startedBroker.aedes.on('connectionError', (_client, error) => { logger.debug({ err: error }, 'mqtt connection error before CONNECT') })
 
     // Rows left online by a node that died: swept now when this is the only node (no Redis),
@@ -284,7 +291,7 @@ export async function createServer (config: Config, options: ServerOptions = {})
     const http = await buildHttpApp({
       logger, broker: startedBroker, tls,
       // the WebSocket framing of a CONNECT adds a few bytes per frame; 1 KiB covers a client that splits it
-      webSocketLimits: { maxPayloadBytes: config.mqttMaxPacketBytes, preAuthenticationBytes: PRE_AUTH_PACKET_BYTES + 1024, isAuthenticated: gateway.isAuthenticated },
+      webSocketLimits: { maxPayloadBytes: config.mqttMaxPacketBytes, preAuthenticationBytes: PRE_AUTH_PACKET_BYTES + 1024, isAuthenticated: gateway.isAuthenticated, stats: telemetry.stats },
       tokens,
       onResponse: telemetry.observeHttpRequest,
       routes: [

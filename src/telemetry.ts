@@ -6,12 +6,22 @@ import type { GatewayStats } from './mqtt/device-gateway.js'
 import { DROP_REASONS, type PipelineState, type PipelineStats } from './metrics/pipeline.js'
 import { PAYLOAD_REJECTIONS, POINT_REJECTIONS } from './metrics/points.js'
 
+/** Every reason a refused connection is counted under in shepherd_device_connect_refusals_total: a closed set, all exported from the start. */
+export const CONNECT_REFUSAL_REASONS = [
+  ...REFUSAL_REASONS,
+  ...Object.keys(OBSERVER_REFUSAL_CODES) as Array<keyof typeof OBSERVER_REFUSAL_CODES>,
+  'empty_client_id_with_session',
+  'packet_too_large',
+  'too_much_before_connect'
+] as const
+export type ConnectRefusalReason = typeof CONNECT_REFUSAL_REASONS[number]
+
 export function createTelemetry (options: { connectedDevices: () => number, metricsPipeline?: () => PipelineState | undefined }) {
   const registry = new Registry()
   collectDefaultMetrics({ register: registry, prefix: 'shepherd_' })
   const connects = new Counter({ name: 'shepherd_device_connects_total', help: 'Device connections accepted', registers: [registry] })
   const refusals = new Counter({ name: 'shepherd_device_connect_refusals_total', help: 'Connections refused (devices and observers), by reason', labelNames: ['reason'], registers: [registry] })
-  for (const reason of [...REFUSAL_REASONS, ...Object.keys(OBSERVER_REFUSAL_CODES)]) refusals.inc({ reason }, 0)
+  for (const reason of CONNECT_REFUSAL_REASONS) refusals.inc({ reason }, 0)
   new Gauge({ // eslint-disable-line no-new
     name: 'shepherd_connected_devices', help: 'Devices connected to this node', registers: [registry],
     collect () { this.set(options.connectedDevices()) }

@@ -15,6 +15,7 @@ import type { Client } from 'aedes'
 import type { FastifyInstance } from 'fastify'
 import { WebSocketServer, createWebSocketStream } from 'ws'
 import type { Broker } from '../mqtt/broker.js'
+import type { GatewayStats } from '../mqtt/device-gateway.js'
 
 const MQTT_WEBSOCKET_PATH = '/mqtt'
 
@@ -24,6 +25,8 @@ export interface WebSocketLimits {
   /** Bytes a connection may send before it has authenticated (a CONNECT and its framing). */
   preAuthenticationBytes: number
   isAuthenticated (client: Client): boolean
+  /** Counts a connection closed over preAuthenticationBytes among the refused ones. */
+  stats: Pick<GatewayStats, 'connectRefused'>
 }
 
 export async function registerMqttOverWebSocket (app: FastifyInstance, broker: Broker, limits: WebSocketLimits): Promise<void> {
@@ -44,6 +47,7 @@ export async function registerMqttOverWebSocket (app: FastifyInstance, broker: B
     const remote = request.socket.remoteAddress
     let received = head.length
     let client: Client | undefined
+    let stream: Duplex | undefined
     const countUntilAuthenticated = (chunk: Buffer): void => {
       if (client !== undefined && limits.isAuthenticated(client)) {
         socket.off('data', countUntilAuthenticated)
@@ -51,14 +55,18 @@ export async function registerMqttOverWebSocket (app: FastifyInstance, broker: B
       }
       received += chunk.length
       if (received > limits.preAuthenticationBytes) {
+        limits.stats.connectRefused('too_much_before_connect')
         app.log.warn({ remote, bytes: received, reason: 'too_much_before_connect' }, `MQTT over WebSocket connection closed: over ${limits.preAuthenticationBytes} bytes before it authenticated`)
         socket.off('data', countUntilAuthenticated)
+        // the stream too: what ws already passed on would otherwise still reach the MQTT parser
+        // (and be refused, and counted, a second time as packet_too_large)
+        stream?.destroy()
         socket.destroy()
       }
     }
     wss.handleUpgrade(request, socket, head, (websocket) => {
       socket.on('data', countUntilAuthenticated) // beside ws's own reader, attached by now
-      const stream = createWebSocketStream(websocket)
+      stream = createWebSocketStream(websocket)
       stream.on('error', (error) => {
         app.log.error({ err: error, remote }, 'MQTT over WebSocket connection error')
         websocket.terminate()

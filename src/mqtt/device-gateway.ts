@@ -18,6 +18,7 @@ import type { ObserverGrant } from '../observers/observers.js'
 import { createLoginLimit, type LoginLimitOptions } from '../observers/login-limit.js'
 import { PacketTooLarge } from './packet-limit.js'
 import { deviceTopic, isValidSerial, parseDeviceTopic } from '../topics.js'
+import type { ConnectRefusalReason } from '../telemetry.js'
 
 /** What we know about an accepted device connection. */
 interface DeviceSession {
@@ -38,12 +39,15 @@ function clientsOf (aedes: Aedes | undefined): Record<string, Client | undefined
   return (aedes as { clients?: Record<string, Client> } | undefined)?.clients ?? {}
 }
 
+/** Why a will on another topic than the device's own status is dropped (log line and errors report). */
+const WILL_REFUSED = 'a will may only be set on the device\'s own status topic; it was dropped'
+
 /** Publishes the server keeps to itself: a refused device publish is rerouted here and dropped. */
 export const DROPPED_TOPIC = '$shepherd/dropped'
 
 export interface GatewayStats {
   connectAccepted (): void
-  connectRefused (reason: string): void
+  connectRefused (reason: ConnectRefusalReason): void
   /** A PUBLISH received from a client. */
   messageReceived (): void
   /** A message forwarded to a client. */
@@ -212,6 +216,8 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
         client.conn.once('close', () => { if (takers.get(verdict.serial) === client) takers.delete(verdict.serial) })
         const rejectedWillTopic = (client as { shepherdRejectedWill?: string }).shepherdRejectedWill
         sessions.set(client, { serial: verdict.serial, connectionId: crypto.randomUUID(), connectedAt: new Date(), rejectedWillTopic })
+        // logged here, once the serial is known: the errors report waits until the device listens
+        if (rejectedWillTopic !== undefined) logger.warn({ serial: verdict.serial, topic: rejectedWillTopic, reason: WILL_REFUSED }, 'device will refused')
         stats.connectAccepted()
         done(null, true)
       }, failed)
@@ -313,7 +319,7 @@ export function createDeviceGateway (deps: DeviceGatewayDeps) {
     const topic = session.rejectedWillTopic
     if (topic === undefined) return
     session.rejectedWillTopic = undefined
-    reportRejection(session.serial, topic, 'a will may only be set on the device\'s own status topic; it was dropped')
+    reportRejection(session.serial, topic, WILL_REFUSED)
   }
 
   async function recordInfo (session: DeviceSession, payload: Buffer): Promise<{ ok: true } | { ok: false, reason: string }> {

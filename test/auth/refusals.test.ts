@@ -9,13 +9,22 @@ import { makeIdentity } from '../../src/device-client/fleet.js'
 import { startTestServer, eventually, type TestServer } from '../helpers/server.js'
 import { uniqueSerial } from '../helpers/pki.js'
 import { malleate } from '../helpers/signatures.js'
-import { asDevice, connackCode, connectPacket, credentialOf, expectRefusal, nowSeconds, type RawConnect } from '../helpers/connect.js'
+import { asDevice, connackCode, connectPacket, credentialOf, expectRefusal as expectLoggedRefusal, nowSeconds, type RawConnect } from '../helpers/connect.js'
 
 
 // ---- helpers ----
 
 function transportsOf (ts: TestServer): Array<[string, string]> {
   return [['WebSocket', ts.wsUrl], ['TCP', ts.mqttUrl]]
+}
+
+/** The shared check (CONNACK code; one refusal logged, with reason and serial), and the line names the client's address. */
+async function expectRefusal (...args: Parameters<typeof expectLoggedRefusal>): Promise<void> {
+  const [t, ts] = args
+  const mark = ts.logs.length
+  await expectLoggedRefusal(...args)
+  const line = ts.logs.slice(mark).find(line => line.msg === 'device connection refused')
+  t.match(line?.remote, /^(127\.0\.0\.1|::1|::ffff:127\.0\.0\.1)$/, 'logged with the client\'s address (remote)')
 }
 
 async function expectAccepted (t: Test, url: string, connect: RawConnect, what: string): Promise<void> {

@@ -95,15 +95,17 @@ async function spawnStart (): Promise<{ child: ChildProcess, output: () => strin
   return { child, output: () => output, exited, until }
 }
 
-t.test('shepherd start serves until SIGTERM, then exits 0', async (t) => {
-  const { child, output, exited, until } = await spawnStart()
-  await until('Shepherd listening', 100)
-  t.match(output(), /created a development Fleet CA/)
-  t.match(output(), /Shepherd listening/)
-  child.kill('SIGTERM')
-  t.equal(await exited, 0)
-  t.match(output(), /devices marked offline \(server_shutdown\)/)
-})
+for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+  t.test(`shepherd start serves until ${signal}, then exits 0`, async (t) => {
+    const { child, output, exited, until } = await spawnStart()
+    await until('Shepherd listening', 100)
+    t.match(output(), /created a development Fleet CA/)
+    t.match(output(), /Shepherd listening/)
+    child.kill(signal)
+    t.equal(await exited, 0)
+    t.match(output(), /devices marked offline \(server_shutdown\)/)
+  })
+}
 
 t.test('a SIGTERM while the server starts (migrating) is honoured once it has started: exit 0, not killed', async (t) => {
   const { child, output, exited, until } = await spawnStart()

@@ -4,7 +4,6 @@
 // and the next start draining what it spilled, invalid batches, and retention.
 import { randomUUID } from 'node:crypto'
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
-import net from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { Registry } from 'prom-client'
@@ -18,6 +17,7 @@ import { openDatabase, type Database } from '../../src/storage/db.js'
 import { migrateLatest } from '../../src/storage/migrate.js'
 import { createMetricsRepository } from '../../src/storage/repos/metrics-repo.js'
 import { DATABASES, createTestDatabase, eventually, type DatabaseChoice } from '../helpers/server.js'
+import { startTcpProxy } from '../helpers/tcp-proxy.js'
 
 const logger = createLogger('silent')
 
@@ -67,39 +67,6 @@ const spillFiles = async (dataDir: string): Promise<string[]> => await readdir(p
 async function metricValue (registry: Registry, name: string): Promise<number> {
   const metric = await registry.getSingleMetric(name)?.get()
   return metric?.values.reduce((sum, value) => sum + value.value, 0) ?? 0
-}
-
-/** A TCP proxy to PostgreSQL that can be stopped (connections cut, new ones refused) and started again on the same port. */
-async function startProxy (t: Test, target: URL) {
-  const sockets = new Set<net.Socket>()
-  let server: net.Server | undefined
-  let port = 0
-  async function start (): Promise<void> {
-    server = net.createServer(client => {
-      const upstream = net.connect(Number(target.port || 5432), target.hostname)
-      for (const socket of [client, upstream]) {
-        sockets.add(socket)
-        socket.on('close', () => sockets.delete(socket))
-        socket.on('error', () => { client.destroy(); upstream.destroy() })
-      }
-      client.pipe(upstream).pipe(client)
-    })
-    await new Promise<void>(resolve => server!.listen(port, '127.0.0.1', resolve))
-    port = (server.address() as net.AddressInfo).port
-  }
-  /** Holds every byte in both directions (a database that stopped answering) until `thaw`. */
-  function freeze (): void { for (const socket of sockets) socket.pause() }
-  function thaw (): void { for (const socket of sockets) socket.resume() }
-  async function stop (): Promise<void> {
-    const closed = new Promise(resolve => server?.close(resolve))
-    for (const socket of sockets) socket.destroy()
-    await closed
-  }
-  await start()
-  t.teardown(stop)
-  const url = new URL(target)
-  url.host = `127.0.0.1:${port}`
-  return { url: url.toString(), start, stop, freeze, thaw }
 }
 
 for (const database of DATABASES) {
@@ -175,7 +142,8 @@ for (const database of DATABASES) {
 t.test('a PostgreSQL outage in the middle of a burst: memory, then spill files, then every point once', async (t) => {
   const target = await createTestDatabase()
   t.teardown(() => target.drop())
-  const proxy = await startProxy(t, new URL(target.url))
+  const proxy = await startTcpProxy(new URL(target.url))
+  t.teardown(proxy.cut)
   const db = await openTestDatabase(t, 'postgres', proxy.url)
   const direct = await openTestDatabase(t, 'postgres', target.url)
   const dataDir = await tempDir(t)
@@ -191,7 +159,7 @@ t.test('a PostgreSQL outage in the middle of a burst: memory, then spill files, 
     }
   }
   await burst(30)
-  await proxy.stop()
+  await proxy.cut()
   await burst(100) // 10,000 points: 2,000 in memory, the rest on disk
   t.ok((await spillFiles(dataDir)).length > 1, 'spilled to more than one file')
   t.ok(await metricValue(registry, 'shepherd_metrics_postgres_spill_bytes') > 0)
@@ -199,7 +167,7 @@ t.test('a PostgreSQL outage in the middle of a burst: memory, then spill files, 
   t.ok(await metricValue(registry, 'shepherd_metrics_postgres_buffered_points') <= 2000, 'memory stays within its bound')
   await eventually(async () => await metricValue(registry, 'shepherd_metrics_postgres_insert_retries_total') > 0, 5000, 'a retry')
 
-  await proxy.start()
+  await proxy.restore()
   await burst(30) // arriving while the spill drains
   await eventually(async () => (await counts(direct)).rows === total, 30_000, 'every point stored')
   await eventually(async () => (await spillFiles(dataDir)).length === 0, 5000, 'the spill directory empty')
@@ -211,7 +179,8 @@ t.test('a PostgreSQL outage in the middle of a burst: memory, then spill files, 
 t.test('while the database keeps up, handle() waits for inserts once maxPendingPoints wait; a stuck insert releases it', async (t) => {
   const target = await createTestDatabase()
   t.teardown(() => target.drop())
-  const proxy = await startProxy(t, new URL(target.url))
+  const proxy = await startTcpProxy(new URL(target.url))
+  t.teardown(proxy.cut)
   const db = await openTestDatabase(t, 'postgres', proxy.url)
   const dataDir = await tempDir(t)
   const { handler, registry } = await handlerOn(db, dataDir, { maxPendingPoints: 200, maxStatementPoints: 100, slowInsertMs: 300 })
@@ -239,11 +208,12 @@ t.test('while the database keeps up, handle() waits for inserts once maxPendingP
 t.test('close() with the database down spills what it holds; the next start drains it', async (t) => {
   const target = await createTestDatabase()
   t.teardown(() => target.drop())
-  const proxy = await startProxy(t, new URL(target.url))
+  const proxy = await startTcpProxy(new URL(target.url))
+  t.teardown(proxy.cut)
   const db = await openTestDatabase(t, 'postgres', proxy.url)
   const dataDir = await tempDir(t)
   const { handler } = await handlerOn(db, dataDir, { maxBufferedPoints: 1000, maxBackoffMs: 100, closeTimeoutMs: 300 })
-  await proxy.stop()
+  await proxy.cut()
   const batches = Array.from({ length: 15 }, (_, i) => batchOf(`down-${i % 3}`, 100))
   for (const batch of batches) await handler.handle(batch)
   const started = Date.now()

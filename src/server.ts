@@ -168,10 +168,11 @@ export async function createServer (config: Config, options: ServerOptions = {})
     const repo = createDeviceRepository(db.knex)
     let disconnectDevice: (serial: string) => void = () => {}
     let deliverQueuedCommands: (serial: string) => void = () => {}
+    let catchUpOnAnnouncements: () => Promise<void> = async () => {}
     const revocations = await openNodeChannel(db, {
       revoked: serial => { disconnectDevice(serial) },
       commandQueued: serial => { deliverQueuedCommands(serial) }
-    }, logger)
+    }, logger, () => { catchUpOnAnnouncements().catch((error: unknown) => { logger.error({ err: error }, 'could not catch up on missed announcements') }) })
     cleanups.push(() => revocations.close())
     // Like `publish` below: the domain's events travel on the broker's message bus once it runs.
     let eventBus: EventBus | undefined
@@ -237,6 +238,10 @@ export async function createServer (config: Config, options: ServerOptions = {})
     disconnectDevice = (serial) => { gateway.disconnectDevice(serial, 'revoked') }
     // commands queued by any node or the CLI (PostgreSQL NOTIFY): the node the device listens on delivers them
     deliverQueuedCommands = (serial) => { if (gateway.isListeningHere(serial, 'commands')) void commands.deliverQueued(serial) }
+    catchUpOnAnnouncements = async () => {
+      for (const serial of await registry.revokedOnlineOn(nodeId)) disconnectDevice(serial)
+      for (const serial of await commands.devicesWithQueued()) deliverQueuedCommands(serial)
+    }
 
     broker = await createBroker({
       id: nodeId,

@@ -193,6 +193,9 @@ export function createCommands (deps: CommandsDeps) {
     /** The device listens here and commands were queued for it meanwhile: deliver those. */
     deliverQueued: (serial: string): Promise<void> => deliverOpen(serial, true),
 
+    /** Devices that have queued commands waiting (to catch up on missed "command queued" announcements). */
+    devicesWithQueued: (): Promise<string[]> => repo.serialsWithQueued(now()),
+
     /** A message on the device's `replies` topic; a device's replies are applied in the order they arrived. */
     recordReply: (serial: string, payload: Buffer): Promise<ReplyResult> => replies.run(serial, () => recordReply(serial, payload)),
 

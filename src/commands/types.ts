@@ -65,6 +65,8 @@ export interface CommandRepository {
    * not expired at `now` as sent at `now`; answers them oldest first.
    */
   takeDeliverable (serial: string, now: Date, onlyQueued?: boolean): Promise<Command[]>
+  /** Devices with queued commands not expired at `now`. */
+  serialsWithQueued (now: Date): Promise<string[]>
   /** Records a reply to an open command of this device. */
   complete (serial: string, id: string, reply: DeviceReply, at: Date): Promise<CompleteOutcome>
   /** Marks open commands whose expiry has passed as expired; answers how many. */

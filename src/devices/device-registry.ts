@@ -73,7 +73,7 @@ export function createDeviceRegistry (deps: { repo: DeviceRepository, announcer:
     return { found }
   }
 
-  return { admission, recordInfo, setRevoked, countOnline: repo.countOnline }
+  return { admission, recordInfo, setRevoked, countOnline: repo.countOnline, revokedOnlineOn: repo.revokedOnlineOn }
 }
 
 export type DeviceRegistry = ReturnType<typeof createDeviceRegistry>

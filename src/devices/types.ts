@@ -71,4 +71,6 @@ export interface DeviceRepository {
   /** Marks offline every device held by `nodeId`; answers their serials. */
   markNodeOffline (nodeId: string, reason: DisconnectReason, at: Date): Promise<string[]>
   countOnline (): Promise<number>
+  /** Revoked devices the registry has online on `nodeId` (their kick was missed). */
+  revokedOnlineOn (nodeId: string): Promise<string[]>
 }

@@ -47,7 +47,14 @@ export function createNodeAnnouncer (db: Database): NodeAnnouncer {
   return { announceRevoked: serial => notify('revoked', [serial]), announceCommandQueued: serials => notify('commandQueued', serials) }
 }
 
-export async function openNodeChannel (db: Database, handlers: AnnouncementHandlers, logger: Logger): Promise<NodeChannel> {
+const RECONNECT_FIRST_MS = 1000
+const RECONNECT_MAX_MS = 30_000
+
+/**
+ * `caughtUp` runs after the listener reconnected: announcements made while it was away are lost
+ * (NOTIFY is not queued for absent listeners), so the caller looks again at what they would have said.
+ */
+export async function openNodeChannel (db: Database, handlers: AnnouncementHandlers, logger: Logger, caughtUp: () => void = () => {}): Promise<NodeChannel> {
   if (db.kind !== 'postgres' || db.url === undefined) {
     return {
       announceRevoked: async (serial) => { handlers.revoked(serial) },
@@ -64,15 +71,39 @@ export async function openNodeChannel (db: Database, handlers: AnnouncementHandl
       const handler = byChannel.get(message.channel)
       if (handler !== undefined && message.payload !== undefined) for (const serial of message.payload.split(',')) handler(serial)
     })
+    let listening = false // until then a failure rejects connect(), whose caller tries again
+    let lost = false
     client.on('error', (error) => {
-      if (closing) return
-      logger.error({ err: error }, 'announcement listener lost its database connection; reconnecting')
+      if (closing || lost || !listening) return
+      lost = true
+      listener = undefined
       client.end().catch(() => {})
-      setTimeout(() => { if (!closing) connect().catch((e: unknown) => logger.error({ err: e }, 'announcement listener reconnect failed')) }, 1000).unref()
+      logger.error({ err: error }, 'announcement listener lost its database connection; reconnecting')
+      reconnect(RECONNECT_FIRST_MS)
     })
-    await client.connect()
-    for (const channel of byChannel.keys()) await client.query(`LISTEN ${channel}`)
+    try {
+      await client.connect()
+      for (const channel of byChannel.keys()) await client.query(`LISTEN ${channel}`)
+    } catch (error) {
+      client.end().catch(() => {})
+      throw error
+    }
+    listening = true
     listener = client
+  }
+  /** Tries again, waiting twice as long after each failure (at most 30 s), until connected or closed. */
+  const reconnect = (delayMs: number): void => {
+    setTimeout(() => {
+      if (closing) return
+      connect().then(() => {
+        logger.info('announcement listener reconnected')
+        caughtUp()
+      }, (error: unknown) => {
+        const next = Math.min(delayMs * 2, RECONNECT_MAX_MS)
+        logger.error({ err: error, retry_in_ms: next }, 'announcement listener reconnect failed')
+        reconnect(next)
+      })
+    }, delayMs).unref()
   }
   await connect()
   return {

@@ -67,6 +67,10 @@ export function createCommandRepository (knex: Knex): CommandRepository {
       return rows.map(commandOf).sort((a, b) => a.issued_at.getTime() - b.issued_at.getTime() || a.id.localeCompare(b.id))
     },
 
+    async serialsWithQueued (now) {
+      return (await commands().distinct('serial').where({ state: 'queued' }).where('expires_at', '>', now) as Array<{ serial: string }>).map(row => row.serial)
+    },
+
     async complete (serial, id, reply, at) {
       const [row] = await commands().where({ id, serial }).whereIn('state', OPEN).where('expires_at', '>', at)
         .update({

@@ -133,6 +133,10 @@ export function createDeviceRepository (knex: Knex): DeviceRepository {
       return rows.map(row => row.serial)
     },
 
+    async revokedOnlineOn (nodeId) {
+      return (await devices().where({ status: 'online', node_id: nodeId, revoked: true }).select('serial') as Array<{ serial: string }>).map(row => row.serial)
+    },
+
     async countOnline () {
       const row = await devices().where({ status: 'online' }).count<{ count: string | number }>({ count: '*' }).first()
       return Number(row?.count ?? 0)

@@ -13,15 +13,16 @@ export const API_ERRORS = {
   payload_too_large: 413,
   unsupported_media_type: 415,
   range_not_satisfiable: 416,
-  internal_error: 500
+  internal_error: 500,
+  service_unavailable: 503
 } as const
 
 export type ApiErrorCode = keyof typeof API_ERRORS
 
 export class ApiError extends Error {
   readonly status: number
-  constructor (readonly code: ApiErrorCode, message: string, readonly field?: string) {
-    super(message)
+  constructor (readonly code: ApiErrorCode, message: string, readonly field?: string, cause?: unknown) {
+    super(message, cause === undefined ? undefined : { cause })
     this.name = 'ApiError'
     this.status = API_ERRORS[code]
   }

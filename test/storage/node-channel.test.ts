@@ -42,6 +42,8 @@ t.test('the listener reconnects after an outage and catches up on missed announc
   t.equal(issued.code, 0, issued.stderr)
   await sleep(2500) // past the second retry too
   t.ok(revoked.device.mqtt.connected, 'nothing reached the node during the outage')
+  const health = await ts.api('GET', '/api/health', { token: null })
+  t.match(health, { status: 503, body: { error: 'service_unavailable', message: /database/ } }, 'health says the node cannot serve')
   t.same(commands, [])
 
   await proxy.restore()
@@ -57,4 +59,6 @@ t.test('the listener reconnects after an outage and catches up on missed announc
   await later.closed
   t.pass('announcements reach the node again')
   t.ok(commanded.device.mqtt.connected, 'other devices stay')
+  await ts.server.settled()
+  t.match(await ts.api('GET', '/api/health', { token: null }), { status: 200, body: { status: 'ok', online_devices: 1 } }, 'the one device left')
 })

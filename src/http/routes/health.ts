@@ -1,6 +1,7 @@
 // GET /api/health: liveness plus the number of devices connected (fleet-wide, from the registry).
 import type { FastifyPluginAsync } from 'fastify'
 import { Type } from 'typebox'
+import { ApiError } from '../api-errors.js'
 
 export interface HealthDeps {
   countOnlineDevices (): Promise<number>
@@ -17,6 +18,12 @@ export function healthRoutes (deps: HealthDeps): FastifyPluginAsync {
         security: [],
         response: { 200: Type.Object({ status: Type.Literal('ok'), online_devices: Type.Integer() }) }
       }
-    }, async () => ({ status: 'ok' as const, online_devices: await deps.countOnlineDevices() }))
+    }, async () => {
+      // a node without its database cannot admit devices or serve the API: a load balancer should route around it
+      const online = await deps.countOnlineDevices().catch((error: unknown) => {
+        throw new ApiError('service_unavailable', 'the database does not answer; this node cannot serve the fleet until it does', undefined, error)
+      })
+      return { status: 'ok' as const, online_devices: online }
+    })
   }
 }

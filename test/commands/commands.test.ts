@@ -6,10 +6,10 @@ import pg from 'pg'
 import t from 'tap'
 import type { Test } from 'tap'
 import { connectDevice, type DeviceClient } from '../../src/device-client/device-client.js'
-import type { DeliveredEvent } from '../../src/events/event-bus.js'
 import { deviceTopic } from '../../src/topics.js'
 import { DATABASES, eventually, startTestServer, type TestServer } from '../helpers/server.js'
 import { uniqueSerial } from '../helpers/pki.js'
+import { isEvent, openEvents } from '../helpers/sse.js'
 
 interface Received { topic: string, body: any } // eslint-disable-line @typescript-eslint/no-explicit-any
 
@@ -48,8 +48,7 @@ for (const database of DATABASES) {
       const device = await connectDevice({ url: ts.wsUrl, identity: await ts.pki.device(serial) })
       t.teardown(() => device.close())
       await eventually(async () => (await ts.api('GET', `/api/devices/${serial}`)).body?.status === 'online', 5000, 'online')
-      const events: DeliveredEvent[] = []
-      t.teardown(ts.server.events.subscribe(event => { if (event.type === 'command.reply') events.push(event) }))
+      const stream = await openEvents(t, ts, `?type=command.reply&serial=${serial}`)
 
       const issued = await ts.api('POST', `/api/devices/${serial}/commands`, { body: { command: 'ping', payload: { echo: 'hello' } } })
       t.equal(issued.status, 202)
@@ -60,8 +59,8 @@ for (const database of DATABASES) {
       t.same(done.result, { echo: 'hello' })
       t.ok(typeof done.round_trip_ms === 'number' && done.round_trip_ms >= 0 && done.round_trip_ms < 5000, `round trip ${done.round_trip_ms} ms stored`)
       t.match(done, { completed_at: /Z$/ })
-      const event = await eventually(() => events.find(e => e.serial === serial), 2000, 'the command.reply event')
-      t.match(JSON.parse(event.json), { serial, id: issued.body.id, command: 'ping', status: 'ok', result: { echo: 'hello' }, round_trip_ms: Number })
+      const frame = await stream.waitFor('the command.reply event on /api/events', isEvent('command.reply', serial), 2000)
+      t.match(frame.data, { serial, id: issued.body.id, command: 'ping', status: 'ok', result: { echo: 'hello' }, round_trip_ms: Number })
 
       const identify = await ts.api('POST', `/api/devices/${serial}/commands`, { body: { command: 'identify', payload: { duration_seconds: 5 } } })
       await eventually(async () => await stateOf(ts, identify.body.id) === 'ok', 5000, 'identify ok')

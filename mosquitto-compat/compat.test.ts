@@ -45,11 +45,13 @@ t.test('the Mosquitto tools against Shepherd', async (t) => {
   const ts = await startTestServer(t, { env: { MQTT_PASSWORD_FILE: passwordFile }, sysIntervalMs: 500 })
   const port = new URL(ts.mqttUrl).port
 
-  const added = await runShepherd(['observer', 'add', 'explorer'], { env: { DATA_DIR: ts.dataDir } })
+  // the CLI reaches the server's database: PostgreSQL directly, PGlite through the server's control socket
+  const cliEnv = { DATA_DIR: ts.dataDir, ...(ts.databaseUrl === undefined ? {} : { DATABASE_URL: ts.databaseUrl }) }
+  const added = await runShepherd(['observer', 'add', 'explorer'], { env: cliEnv })
   t.equal(added.code, 0, added.stderr)
   const password = added.stdout.trim().split('\n').at(-1)!
   t.match(password, /^[A-Za-z0-9_-]{24}$/, 'the password alone on the last line')
-  const listed = await runShepherd(['observer', 'list'], { env: { DATA_DIR: ts.dataDir } })
+  const listed = await runShepherd(['observer', 'list'], { env: cliEnv })
   t.match(listed.stdout, /^explorer\s+\d{4}-/m)
   const login = ['-h', '127.0.0.1', '-p', port, '-V', 'mqttv311']
   const asObserver = [...login, '-u', 'explorer', '-P', password]

@@ -75,7 +75,8 @@ async function startDevice (t: Test, options: Partial<DeviceClientOptions> = {})
   })
   t.teardown(() => device.close())
   const row = async (): Promise<Message | undefined> => await ts.server.db.knex('devices').where({ serial }).first()
-  await eventually(async () => (await row())?.firmware_version === '1.0.0', 5000, 'info recorded')
+  // info and the online mark are separate writes (the online one batched): wait for both
+  await eventually(async () => { const device = await row(); return device?.firmware_version === '1.0.0' && device.connected_at !== null }, 5000, 'info and connection recorded')
   const connectedAt = ((await row())!.connected_at as Date).getTime()
   return {
     serial,

@@ -1,6 +1,7 @@
 // knex implementation of the command repository. Every statement runs unchanged on PostgreSQL 15
 // and on PGlite.
 import type { Knex } from 'knex'
+import { createBatcher } from '../../batcher.js'
 import { newestFirst } from './keyset.js'
 import { COMMAND_STATES, type BatchCounts, type Command, type CommandBatch, type CommandRepository, type CommandState, type NewCommand } from '../../commands/types.js'
 
@@ -15,6 +16,24 @@ const asRow = (command: NewCommand) => ({ ...command, payload: JSON.stringify(co
 
 export function createCommandRepository (knex: Knex): CommandRepository {
   const commands = () => knex<CommandRow>('commands')
+
+  // every device that subscribes asks for its open commands: in a connect storm one statement
+  // serves the devices of a window (a device is never twice in one: its deliveries run one at a time)
+  const takeDeliverable = createBatcher(async (items: Array<{ serial: string, now: Date, onlyQueued: boolean }>) => {
+    const now = new Date(Math.max(...items.map(item => item.now.getTime()))) // the latest: nothing expired is delivered
+    const bySerial = new Map(items.map(item => [item.serial, [] as Command[]]))
+    const rows = await commands()
+      .where(query => {
+        for (const onlyQueued of [false, true]) {
+          const serials = items.filter(item => item.onlyQueued === onlyQueued).map(item => item.serial)
+          if (serials.length > 0) void query.orWhere(q => { void q.whereIn('serial', serials).whereIn('state', onlyQueued ? ['queued'] : OPEN) })
+        }
+      })
+      .where('expires_at', '>', now)
+      .update({ state: 'sent', sent_at: now }).returning('*') as CommandRow[]
+    for (const row of rows) bySerial.get(row.serial)?.push(commandOf(row))
+    return items.map(item => bySerial.get(item.serial)!.sort((a, b) => a.issued_at.getTime() - b.issued_at.getTime() || a.id.localeCompare(b.id)))
+  })
 
   return {
     async insert (command) {
@@ -61,11 +80,7 @@ export function createCommandRepository (knex: Knex): CommandRepository {
       return (await query as CommandRow[]).map(commandOf)
     },
 
-    async takeDeliverable (serial, now, onlyQueued = false) {
-      const rows = await commands().where({ serial }).whereIn('state', onlyQueued ? ['queued'] : OPEN).where('expires_at', '>', now)
-        .update({ state: 'sent', sent_at: now }).returning('*') as CommandRow[]
-      return rows.map(commandOf).sort((a, b) => a.issued_at.getTime() - b.issued_at.getTime() || a.id.localeCompare(b.id))
-    },
+    takeDeliverable: (serial, now, onlyQueued = false) => takeDeliverable({ serial, now, onlyQueued }),
 
     async serialsWithQueued (now) {
       return (await commands().distinct('serial').where({ state: 'queued' }).where('expires_at', '>', now) as Array<{ serial: string }>).map(row => row.serial)

@@ -1,6 +1,7 @@
 // knex implementation of the firmware and update repositories. Every statement runs unchanged on
 // PostgreSQL 15 and on PGlite.
 import type { Knex } from 'knex'
+import { createBatcher } from '../../batcher.js'
 import { newestFirst } from './keyset.js'
 import {
   ACTIVE_UPDATE_STATES, FirmwareGone, UPDATE_STATES, type Firmware, type FirmwareRepository, type Rollout, type RolloutCounts, type Update, type UpdateRepository
@@ -77,6 +78,13 @@ export function createFirmwareRepository (knex: Knex): FirmwareRepository {
 
 export function createUpdateRepository (knex: Knex): UpdateRepository {
   const updates = () => knex<UpdateRow>('updates')
+  // asked for every device that subscribes to its firmware topic: one statement per connect-storm window
+  // (a device has at most one update in progress: a unique index)
+  const findActive = createBatcher(async (serials: string[]) => {
+    const rows = await updates().whereIn('serial', [...new Set(serials)]).whereIn('state', ACTIVE_UPDATE_STATES) as UpdateRow[]
+    const bySerial = new Map(rows.map(row => [row.serial, updateOf(row)]))
+    return serials.map(serial => bySerial.get(serial))
+  })
   return {
     async insertMany (drafts, { supersede, at }) {
       return await unlessFirmwareGone(() => knex.transaction(async (trx) => {
@@ -112,10 +120,7 @@ export function createUpdateRepository (knex: Knex): UpdateRepository {
       return row === undefined ? undefined : updateOf(row)
     },
 
-    async findActive (serial) {
-      const row = await updates().where({ serial }).whereIn('state', ACTIVE_UPDATE_STATES).first() as UpdateRow | undefined
-      return row === undefined ? undefined : updateOf(row)
-    },
+    findActive: serial => findActive(serial),
 
     async findActiveMany (serials) {
       const rows: UpdateRow[] = []

@@ -56,7 +56,7 @@ import { createFirmwareRepository, createUpdateRepository } from './storage/repo
 import { loadSecretKeyBase } from './storage/secret-key.js'
 import { firmwareRoutes } from './http/routes/firmware.js'
 import { updateRoutes } from './http/routes/updates.js'
-import type { StagedFile } from './firmware/types.js'
+import type { FirmwareMeta, StagedFile } from './firmware/types.js'
 import { createObservers, type Observers } from './observers/observers.js'
 import type { LoginLimitOptions } from './observers/login-limit.js'
 import { createObserverRepository } from './storage/repos/observers-repo.js'
@@ -323,7 +323,8 @@ export async function createServer (config: Config, options: ServerOptions = {})
       'observer.add': async ({ name }) => await observers.add(String(name)),
       'observer.list': async () => await observers.list(),
       'observer.remove': async ({ name }) => { const removed = await observers.remove(String(name)); dropRevokedObservers(); return removed },
-      'firmware.register': async ({ meta, staged }) => await firmwareStore.register(meta as MetaInput, staged as StagedFile)
+      'firmware.register': async ({ meta, staged }) => await firmwareStore.register(meta as MetaInput, staged as StagedFile),
+      'firmware.versionTaken': async ({ meta }) => await firmwareStore.versionTaken(meta as FirmwareMeta) ?? null
     })
 
     let tcp: TcpListener | undefined

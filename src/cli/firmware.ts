@@ -7,7 +7,9 @@ import { stat } from 'node:fs/promises'
 import { Transform } from 'node:stream'
 import { loadConfig } from '../config.js'
 import { CommandError, UsageError } from '../errors.js'
-import { checkFirmwareMeta, createFirmwareStore, type AddResult } from '../firmware/firmware-store.js'
+import { checkFirmwareMeta, createFirmwareStore, describeDuplicate, type AddResult } from '../firmware/firmware-store.js'
+import type { Firmware } from '../firmware/types.js'
+import type { Database } from '../storage/db.js'
 import { createLogger } from '../logger.js'
 import { createFirmwareFiles } from '../storage/firmware-files.js'
 import { createFirmwareRepository } from '../storage/repos/firmware-repo.js'
@@ -31,6 +33,10 @@ async function upload (args: string[], output: Output): Promise<void> {
   const config = loadConfig()
   if (size > config.firmwareMaxBytes) throw new CommandError(`${file} has ${size} bytes; firmware files are limited to ${config.firmwareMaxBytes} (FIRMWARE_MAX_SIZE)`)
   const storage = await createFirmwareFiles(config.firmwareDir)
+  const storeOn = (db: Database) => createFirmwareStore({ repo: createFirmwareRepository(db.knex), storage, maxBytes: config.firmwareMaxBytes, logger: createLogger('silent') })
+  // a taken version is refused before a possibly large file is copied
+  const taken = await viaServerOrDatabase<Firmware | null>(config, 'firmware.versionTaken', { meta: checked.meta }, async (db) => await storeOn(db).versionTaken(checked.meta) ?? null)
+  if (taken !== null) throw new CommandError(describeDuplicate(taken))
   const bar = createProgressBar('uploading', size)
   const counted = new Transform({ transform (chunk: Buffer, _encoding, done) { bar.advance(chunk.length); done(null, chunk) } })
   // Ctrl-C while the bytes stream in: the staged part is removed (stage() cleans up after a failed stream)
@@ -39,10 +45,7 @@ async function upload (args: string[], output: Output): Promise<void> {
   })
   bar.done()
 
-  const result = await viaServerOrDatabase<AddResult>(config, 'firmware.register', { meta: checked.meta, staged }, async (db) => {
-    const store = createFirmwareStore({ repo: createFirmwareRepository(db.knex), storage, maxBytes: config.firmwareMaxBytes, logger: createLogger('silent') })
-    return await store.register(checked.meta, staged)
-  }).catch(async (error: unknown) => {
+  const result = await viaServerOrDatabase<AddResult>(config, 'firmware.register', { meta: checked.meta, staged }, async (db) => await storeOn(db).register(checked.meta, staged)).catch(async (error: unknown) => {
     await storage.discard(staged)
     throw error
   })

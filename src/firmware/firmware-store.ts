@@ -34,7 +34,7 @@ export function checkFirmwareMeta (input: MetaInput): MetaCheck {
   return { ok: true, meta: { version, target, application: application ?? null } }
 }
 
-function describeDuplicate (existing: Firmware, sha256?: string): string {
+export function describeDuplicate (existing: Firmware, sha256?: string): string {
   return existing.sha256 === sha256
     ? `these bytes are already stored as firmware ${existing.id} (${existing.target} ${existing.version})`
     : `firmware ${existing.version} for ${existing.target}${existing.application === null ? '' : ` (${existing.application})`} already exists: ${existing.id}`
@@ -77,15 +77,21 @@ export function createFirmwareStore (deps: { repo: FirmwareRepository, storage: 
     return { ok: true, firmware }
   }
 
+  /** The firmware already stored under this target, application and version, if any (checked before any bytes are read). */
+  async function versionTaken (meta: FirmwareMeta): Promise<Firmware | undefined> {
+    return await repo.findDuplicate(meta)
+  }
+
   return {
     register,
+    versionTaken,
 
     /** Streams an upload into the store. Throws FirmwareTooLarge past the limit (nothing kept). */
     async add (input: MetaInput, body: AsyncIterable<Buffer | Uint8Array>): Promise<AddResult> {
       const checked = checkFirmwareMeta(input)
       if (!checked.ok) return { ok: false, reason: 'invalid', field: checked.field, message: checked.message }
       // refused before the bytes are read when the version is taken already
-      const taken = await repo.findDuplicate(checked.meta)
+      const taken = await versionTaken(checked.meta)
       if (taken !== undefined) return { ok: false, reason: 'duplicate', existing: taken, message: describeDuplicate(taken) }
       return await register(input, await storage.stage(body, maxBytes))
     },

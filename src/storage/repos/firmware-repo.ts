@@ -80,9 +80,15 @@ export function createUpdateRepository (knex: Knex): UpdateRepository {
   const updates = () => knex<UpdateRow>('updates')
   // asked for every device that subscribes to its firmware topic: one statement per connect-storm window
   // (a device has at most one update in progress: a unique index)
+  async function findActiveMany (serials: readonly string[]): Promise<Update[]> {
+    const rows: UpdateRow[] = []
+    for (let i = 0; i < serials.length; i += INSERT_CHUNK) {
+      rows.push(...await updates().whereIn('serial', serials.slice(i, i + INSERT_CHUNK)).whereIn('state', ACTIVE_UPDATE_STATES) as UpdateRow[])
+    }
+    return rows.map(updateOf)
+  }
   const findActive = createBatcher(async (serials: string[]) => {
-    const rows = await updates().whereIn('serial', [...new Set(serials)]).whereIn('state', ACTIVE_UPDATE_STATES) as UpdateRow[]
-    const bySerial = new Map(rows.map(row => [row.serial, updateOf(row)]))
+    const bySerial = new Map((await findActiveMany([...new Set(serials)])).map(update => [update.serial, update]))
     return serials.map(serial => bySerial.get(serial))
   })
   return {
@@ -121,14 +127,7 @@ export function createUpdateRepository (knex: Knex): UpdateRepository {
     },
 
     findActive: serial => findActive(serial),
-
-    async findActiveMany (serials) {
-      const rows: UpdateRow[] = []
-      for (let i = 0; i < serials.length; i += INSERT_CHUNK) {
-        rows.push(...await updates().whereIn('serial', serials.slice(i, i + INSERT_CHUNK)).whereIn('state', ACTIVE_UPDATE_STATES) as UpdateRow[])
-      }
-      return rows.map(updateOf)
-    },
+    findActiveMany,
 
     async listForDevice (serial, { before, limit }) {
       const query = newestFirst(updates().where({ serial }), 'created_at', before, limit)

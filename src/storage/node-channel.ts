@@ -71,11 +71,10 @@ export async function openNodeChannel (db: Database, handlers: AnnouncementHandl
       const handler = byChannel.get(message.channel)
       if (handler !== undefined && message.payload !== undefined) for (const serial of message.payload.split(',')) handler(serial)
     })
-    let listening = false // until then a failure rejects connect(), whose caller tries again
-    let lost = false
+    let listening = false // before: a failure rejects connect(), whose caller tries again; after: one reconnect
     client.on('error', (error) => {
-      if (closing || lost || !listening) return
-      lost = true
+      if (closing || !listening) return
+      listening = false
       listener = undefined
       client.end().catch(() => {})
       logger.error({ err: error }, 'announcement listener lost its database connection; reconnecting')

@@ -3,7 +3,12 @@
 // leaf and chain is cached (keyed by SHA-256 over each part with its length: unambiguous, so no
 // other leaf and chain can share a real device's entry); validity dates of the certificate and of
 // its intermediates are compared with the clock by the caller on every connect.
-import { X509Certificate, createHash, verify as verifySignature, type KeyObject } from 'node:crypto'
+//
+// A verdict keeps the leaf's public key as its JWK coordinates (~0.2 KiB), not as a KeyObject:
+// OpenSSL holds ~3 KiB of native memory per EC key, 3 MiB per 1,000 devices, a sixth of a
+// connected device's whole footprint. Parsed keys live in a smaller LRU instead; a device whose
+// key fell out of it pays one key parse (~80 µs here) on its next connect.
+import { X509Certificate, createHash, createPublicKey, verify as verifySignature, type KeyObject } from 'node:crypto'
 
 export type CertificateCheck =
   | { ok: true, certificate: ParsedCertificate }
@@ -11,7 +16,8 @@ export type CertificateCheck =
 
 export interface ParsedCertificate {
   commonName: string | undefined
-  publicKey: KeyObject
+  /** The leaf's P-256 public key as JWK coordinates (base64url). */
+  publicKey: { x: string, y: string }
   /** SHA-256 of the leaf's DER, lowercase hex. */
   fingerprint: string
   // Validity times are epoch milliseconds, not Dates: one entry per device stays cached, and four
@@ -50,16 +56,37 @@ function isIssuedBy (child: X509Certificate, issuer: X509Certificate): boolean {
   return child.checkIssued(issuer) && child.verify(issuer.publicKey)
 }
 
-export function createFleetTrust (caPem: string, options: { cacheSize?: number } = {}): FleetTrust {
+export interface FleetTrustOptions {
+  /** Verdicts kept (oldest first out). Default 100,000. */
+  cacheSize?: number
+  /** Parsed public keys kept (least recently used out). Default 4,096 (~12 MiB). */
+  keyCacheSize?: number
+}
+
+/** Sets `key` in a Map used as a bounded cache, dropping its oldest entry when full. */
+function putBounded<K, V> (map: Map<K, V>, limit: number, key: K, value: V): V {
+  if (map.size >= limit) map.delete(map.keys().next().value as K)
+  map.set(key, value)
+  return value
+}
+
+export function createFleetTrust (caPem: string, options: FleetTrustOptions = {}): FleetTrust {
   const ca = new X509Certificate(caPem)
   if (!ca.ca) throw new Error('the Fleet CA certificate is not a CA certificate (basicConstraints CA:TRUE missing)')
   const cacheSize = options.cacheSize ?? 100_000
+  const keyCacheSize = options.keyCacheSize ?? 4096
   const cache = new Map<string, CertificateCheck>()
+  /** By leaf fingerprint; re-inserted on use, so the first entry is the least recently used. */
+  const keys = new Map<string, KeyObject>()
 
-  function remember (key: string, check: CertificateCheck): CertificateCheck {
-    if (cache.size >= cacheSize) cache.delete(cache.keys().next().value as string)
-    cache.set(key, check)
-    return check
+  function keyOf (certificate: ParsedCertificate): KeyObject {
+    let key = keys.get(certificate.fingerprint)
+    if (key === undefined) {
+      key = createPublicKey({ key: { kty: 'EC', crv: 'P-256', ...certificate.publicKey }, format: 'jwk' })
+    } else {
+      keys.delete(certificate.fingerprint)
+    }
+    return putBounded(keys, keyCacheSize, certificate.fingerprint, key)
   }
 
   /** The verdict on certificates that parsed (cached; input that does not parse is not, so junk cannot push real devices out). */
@@ -68,15 +95,20 @@ export function createFleetTrust (caPem: string, options: { cacheSize?: number }
     if (key.asymmetricKeyType !== 'ec' || key.asymmetricKeyDetails?.namedCurve !== 'prime256v1') {
       return { ok: false, detail: 'the certificate key is not an ECDSA P-256 key' }
     }
+    const { x, y } = key.export({ format: 'jwk' })
+    const fingerprint = createHash('sha256').update(leafDer).digest('hex')
+    const untrusted = chainError([leaf, ...intermediates])
+    // parsed already, so the first connect need not parse it again; only keys of trusted certificates, so foreign ones cannot push them out
+    if (untrusted === undefined) putBounded(keys, keyCacheSize, fingerprint, key)
     return {
       ok: true,
       certificate: {
         commonName: commonNameOf(leaf),
-        publicKey: key,
-        fingerprint: createHash('sha256').update(leafDer).digest('hex'),
+        publicKey: { x: x!, y: y! },
+        fingerprint,
         notBefore: Date.parse(leaf.validFrom),
         notAfter: Date.parse(leaf.validTo),
-        chainError: chainError([leaf, ...intermediates]),
+        chainError: untrusted,
         chainNotBefore: Math.max(0, ...intermediates.map(c => Date.parse(c.validFrom))),
         chainNotAfter: Math.min(8.64e15, ...intermediates.map(c => Date.parse(c.validTo)))
       }
@@ -114,12 +146,12 @@ export function createFleetTrust (caPem: string, options: { cacheSize?: number }
       } catch (error) {
         return { ok: false, detail: `does not parse as X.509: ${(error as Error).message}` }
       }
-      return remember(key, verdictOn(leaf, intermediates, leafDer))
+      return putBounded(cache, cacheSize, key, verdictOn(leaf, intermediates, leafDer))
     },
     verifySignature (certificate, message, signature) {
       const dsaEncoding = signature.length === 64 ? 'ieee-p1363' : 'der'
       try {
-        return verifySignature('sha256', message, { key: certificate.publicKey, dsaEncoding }, signature)
+        return verifySignature('sha256', message, { key: keyOf(certificate), dsaEncoding }, signature)
       } catch {
         return false // malformed DER signature
       }

@@ -49,10 +49,22 @@ function isText (value: unknown, maxLength: number, minLength: number): value is
   return length >= minLength && length <= maxLength
 }
 
+// The points of one message usually share their recorded_at: the last ISO-8601 text parsed is remembered.
+let lastText: string | undefined
+let lastTextMs: number | undefined
+
 /** Unix milliseconds of a `recorded_at` (unix seconds or ISO-8601 with a zone), or undefined. */
 export function parseRecordedAt (value: unknown): number | undefined {
   if (typeof value === 'number') return Number.isFinite(value) ? value * 1000 : undefined
   if (typeof value !== 'string') return undefined
+  if (value !== lastText) {
+    lastTextMs = parseIso8601(value)
+    lastText = value
+  }
+  return lastTextMs
+}
+
+function parseIso8601 (value: string): number | undefined {
   const match = ISO_8601.exec(value)
   if (match === null) return undefined
   const year = Number(match[1])

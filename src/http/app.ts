@@ -45,7 +45,7 @@ export async function buildHttpApp (deps: HttpAppDeps): Promise<FastifyInstance>
     })
   }
   await registerMqttOverWebSocket(app, deps.broker, deps.webSocketLimits)
-  await registerOpenApi(app, VERSION)
+  await registerOpenApi(app, VERSION, deps.tokens)
   await app.register(async (api) => {
     registerBearerAuth(api, deps.tokens)
     for (const routes of deps.routes) await api.register(routes)

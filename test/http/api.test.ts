@@ -22,8 +22,8 @@ const ROUTES = [
 
 t.test('the OpenAPI document lists every route, and the docs page is served', async (t) => {
   const ts = await startTestServer(t)
-  const document = await ts.api('GET', '/api/openapi.json', { token: null })
-  t.equal(document.status, 200, 'public: a client can read it before it has a token')
+  const document = await ts.api('GET', '/api/openapi.json')
+  t.equal(document.status, 200)
   t.match(document.body, { openapi: /^3\./, info: { title: 'Shepherd REST API' }, components: { securitySchemes: { bearer: { scheme: 'bearer' } } } })
   const paths = document.body.paths as Record<string, Record<string, { responses: Record<string, unknown> }>>
   const listed = Object.entries(paths).flatMap(([path, methods]) => Object.keys(methods).map(method => `${method} ${path}`))
@@ -35,9 +35,35 @@ t.test('the OpenAPI document lists every route, and the docs page is served', as
     t.same(operation.security, [], `${route} needs no token`)
   }
 
-  const docs = await ts.api('GET', '/docs', { token: null })
-  t.equal(docs.status, 200, 'the docs page is public too (the token is entered in the page)')
-  t.match(docs.text, /swagger-ui/, 'and is the Swagger UI')
+  const docs = await ts.api('GET', '/docs')
+  t.equal(docs.status, 200, 'the docs page with a bearer token')
+  t.match(docs.text, /swagger-ui/, 'is the Swagger UI')
+})
+
+t.test('the OpenAPI document and the docs need a token (contract §4); a browser gives it as the Basic password', async (t) => {
+  const ts = await startTestServer(t)
+  const basic = (user: string, password: string): Record<string, string> => ({ authorization: `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}` })
+
+  for (const token of [null, 'not-a-token']) {
+    const document = await ts.api('GET', '/api/openapi.json', { token })
+    t.match(document, { status: 401, body: { error: 'unauthorized' } }, `the document refuses ${token === null ? 'no' : 'a wrong'} token`)
+    t.notOk(document.headers['www-authenticate'], 'and does not ask a browser to log in')
+  }
+  t.equal((await ts.api('GET', '/api/openapi.json', { token: null, headers: basic('me', ts.apiToken) })).status, 401, 'Basic is for the docs pages only')
+
+  const refused = await ts.api('GET', '/docs', { token: null })
+  t.match(refused, { status: 401, body: { error: 'unauthorized', message: /token as password/ } }, 'the docs page without credentials')
+  t.match(refused.headers['www-authenticate'], /^Basic realm="Shepherd API docs/, 'asks the browser to log in')
+  const wrong = await ts.api('GET', '/docs', { token: null, headers: basic('me', 'not-a-token') })
+  t.match(wrong, { status: 401, body: { error: 'unauthorized', message: /not valid/ } }, 'a wrong password is refused')
+  t.equal((await ts.api('GET', '/docs', { token: null, headers: basic('me', '') })).status, 401, 'an empty password is refused')
+
+  const page = await ts.api('GET', '/docs/', { token: null, headers: basic('anyone', ts.apiToken) })
+  t.equal(page.status, 200, 'any user name with the token as password opens the page')
+  t.match(page.text, /swagger-ui/)
+  const spec = await ts.api('GET', '/docs/json', { token: null, headers: basic('anyone', ts.apiToken) })
+  t.match(spec, { status: 200, body: { info: { title: 'Shepherd REST API' } } }, 'and the document the page loads')
+  t.equal((await ts.api('GET', '/docs/json', { token: null })).status, 401, 'which is not public either')
 })
 
 t.test('unknown routes and server failures answer the error shape, without internals', async (t) => {

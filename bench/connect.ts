@@ -46,6 +46,8 @@ interface Figures {
   brokerCpuMicros: number
   rssBeforeBytes: number | null
   rssAfterBytes: number | null
+  /** Growth of V8's heap over the measured phase. */
+  heapGrowthBytes: number
   loadCpuMicros: number
   /** Disconnecting every device, then closing the broker (not part of the figures). */
   teardownMs: number
@@ -148,6 +150,7 @@ async function measure (kind: BrokerKind, fleet: Fleet): Promise<Figures> {
     brokerCpuMicros: after.cpuMicros - before.cpuMicros,
     rssBeforeBytes: before.rssBytes,
     rssAfterBytes: after.rssBytes,
+    heapGrowthBytes: after.heapBytes - before.heapBytes,
     loadCpuMicros: loadCpuUsed.user + loadCpuUsed.system,
     teardownMs: performance.now() - closing
   }
@@ -162,6 +165,8 @@ function report (results: readonly Figures[]): void {
     ['broker CPU busy (% of one core)', f => (f.brokerCpuMicros / 10 / f.elapsedMs).toFixed(0)],
     ['RSS MiB per 1,000 devices', f => f.rssAfterBytes === null || f.rssBeforeBytes === null ? 'n/a'
       : ((f.rssAfterBytes - f.rssBeforeBytes) / 2 ** 20 / (f.accepted / 1000)).toFixed(1)],
+    ['  of it V8 heap / native, KiB per device', f => f.rssAfterBytes === null || f.rssBeforeBytes === null ? 'n/a'
+      : `${(f.heapGrowthBytes / 1024 / f.accepted).toFixed(1)} / ${((f.rssAfterBytes - f.rssBeforeBytes - f.heapGrowthBytes) / 1024 / f.accepted).toFixed(1)}`],
     ['broker RSS MiB before → after', f => `${mib(f.rssBeforeBytes)} → ${mib(f.rssAfterBytes)}`],
     ['load generator CPU µs/session', f => (f.loadCpuMicros / f.accepted).toFixed(0)],
     ['load generator busy (% of one core)', f => (f.loadCpuMicros / 10 / f.elapsedMs).toFixed(0)],

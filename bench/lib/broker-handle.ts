@@ -27,9 +27,10 @@ export interface BrokerSpec {
 
 /**
  * CPU time (user + system, all threads), resident set size and its peak over the process's life
- * (VmHWM) of the broker process; null if unreadable.
+ * (VmHWM) of the broker process, null if unreadable; and the size of V8's heap (RSS minus it is
+ * native memory: OpenSSL, sockets, buffers, PGlite's WebAssembly memory).
  */
-export interface Sample { cpuMicros: number, rssBytes: number | null, peakRssBytes: number | null }
+export interface Sample { cpuMicros: number, rssBytes: number | null, peakRssBytes: number | null, heapBytes: number }
 
 /** What the baseline's metrics subscriber has had: messages, and when the last one came (Date.now(), null before any). */
 export interface Received { messages: number, lastAtMs: number | null }
@@ -108,8 +109,8 @@ export async function forkBroker (spec: BrokerSpec): Promise<BrokerProcess> {
     httpUrl,
     apiToken,
     sample: async (moment) => {
-      const { cpuMicros, rssBytes, peakRssBytes } = await expect('sample', { type: 'sample', moment })
-      return { cpuMicros, rssBytes, peakRssBytes }
+      const { cpuMicros, rssBytes, peakRssBytes, heapBytes } = await expect('sample', { type: 'sample', moment })
+      return { cpuMicros, rssBytes, peakRssBytes, heapBytes }
     },
     sessions: async (count) => { await expect('sessions', { type: 'sessions', count }) },
     received: async () => {

@@ -1,8 +1,9 @@
 // Child-process entry of the benchmarks: runs one broker (Shepherd or bare Aedes, per the
 // BrokerSpec in argv[2]), counts the retained online statuses it publishes (and, if asked, the
 // device metrics its one subscriber receives), and answers the driver's requests for its own CPU
-// time and RSS (see broker-handle.ts for the protocol).
+// time, RSS and V8 heap size (see broker-handle.ts for the protocol).
 import { openSync, readSync } from 'node:fs'
+import { getHeapStatistics } from 'node:v8'
 import { startBaseline, startShepherd, type BenchBroker } from './brokers.js'
 import type { BrokerSpec, Reply, Request } from './broker-handle.js'
 
@@ -66,7 +67,7 @@ async function sample (moment: 'before' | 'after'): Promise<Reply> {
   }
   const { user, system } = process.cpuUsage()
   if (moment === 'after') await settle()
-  return { type: 'sample', cpuMicros: user + system, ...residentSetSize() }
+  return { type: 'sample', cpuMicros: user + system, ...residentSetSize(), heapBytes: getHeapStatistics().total_heap_size }
 }
 
 // process.memoryUsage() opens /proc/self/stat on each call, which fails (EMFILE) once the devices

@@ -20,7 +20,8 @@
 // and RSS; this process is the load generator (devices, HTTP client, SSE client). Prints commands
 // issued / accepted / refused, replies, lost (no reply within the drain timeout), commands/s,
 // command→reply p50/p90/p99/max, the POST's (baseline: PUBACK's) own p50/p99, Shepherd's
-// round_trip_ms p50/p99, broker CPU µs per command and RSS, side by side, and the target.
+// round_trip_ms p50/p99, broker CPU µs per command, RSS, event-loop delay and GC pauses, side by
+// side, and the target.
 import http from 'node:http'
 import { randomUUID } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
@@ -32,7 +33,7 @@ import mqtt, { type MqttClient } from 'mqtt'
 import { deviceTopic } from '../src/topics.js'
 import type { DeviceIdentity } from '../src/device-client/device-client.js'
 import type { Transport } from './lib/brokers.js'
-import { forkBroker, type BrokerKind, type BrokerProcess } from './lib/broker-handle.js'
+import { forkBroker, type BrokerKind, type BrokerProcess, type Stalls } from './lib/broker-handle.js'
 import { baselineDevice, connectAll, disconnectAll, shepherdDevice, type Session } from './lib/load.js'
 import {
   createThrowawayDatabase, machineDescription, printMachineState, type ThrowawayDatabase
@@ -425,13 +426,14 @@ interface Figures {
   rssBeforeBytes: number | null
   rssAfterBytes: number | null
   peakRssBytes: number | null
+  brokerStalls: Stalls
   loadCpuMicros: number
 }
 
 const ascending = (values: number[]): number[] => values.sort((a, b) => a - b)
 
 function figuresOf (kind: BrokerKind, run: Run): Omit<Figures, 'connected' | 'refused' | 'firstConnectError' | 'warmup' | 'errorReports' | 'firstReport' |
-'brokerCpuMicros' | 'rssBeforeBytes' | 'rssAfterBytes' | 'peakRssBytes' | 'loadCpuMicros' | 'replyChannelFailure'> {
+'brokerCpuMicros' | 'rssBeforeBytes' | 'rssAfterBytes' | 'peakRssBytes' | 'brokerStalls' | 'loadCpuMicros' | 'replyChannelFailure'> {
   const { records } = run
   const acceptedRecords = records.filter(r => r.answer?.ok === true)
   const failedRecords = records.filter(r => r.answer !== undefined && !r.answer.ok)
@@ -535,6 +537,7 @@ async function measure (kind: BrokerKind, identities: readonly DeviceIdentity[],
     rssBeforeBytes: before.rssBytes,
     rssAfterBytes: after.rssBytes,
     peakRssBytes: after.peakRssBytes,
+    brokerStalls: after.stalls,
     loadCpuMicros: loadCpuUsed.user + loadCpuUsed.system
   }
 }
@@ -566,6 +569,8 @@ function report (all: readonly Figures[]): void {
     ['scheduler lag p99 / max (ms)', f => `${ms(f.lagMs, 99)} / ${maxOf(f.lagMs).toFixed(1)}`],
     ['broker CPU µs/command', f => (f.brokerCpuMicros / f.issued).toFixed(0)],
     ['broker CPU busy (% of one core)', f => (f.brokerCpuMicros / 10 / f.repliesMs).toFixed(0)],
+    ['broker event-loop delay p99 / max (ms)', f => `${f.brokerStalls.loopDelayP99Ms.toFixed(1)} / ${f.brokerStalls.loopDelayMaxMs.toFixed(1)}`],
+    ['broker GC pause max / total (ms)', f => `${f.brokerStalls.gcPauseMaxMs.toFixed(1)} / ${f.brokerStalls.gcPauseTotalMs.toFixed(0)}`],
     ['broker RSS MiB before → after', f => `${mib(f.rssBeforeBytes)} → ${mib(f.rssAfterBytes)}`],
     ['broker peak RSS MiB (VmHWM)', f => mib(f.peakRssBytes)],
     ['load generator busy (% of core)', f => (f.loadCpuMicros / 10 / f.repliesMs).toFixed(0)],

@@ -30,7 +30,13 @@ export interface BrokerSpec {
  * (VmHWM) of the broker process, null if unreadable; and the size of V8's heap (RSS minus it is
  * native memory: OpenSSL, sockets, buffers, PGlite's WebAssembly memory).
  */
-export interface Sample { cpuMicros: number, rssBytes: number | null, peakRssBytes: number | null, heapBytes: number }
+export interface Sample { cpuMicros: number, rssBytes: number | null, peakRssBytes: number | null, heapBytes: number, stalls: Stalls }
+
+/**
+ * Since the 'before' sample: the broker's event-loop delay (p99 and max, 10 ms resolution; the
+ * loop's own wait included) and garbage collection's longest pause and total pause time, in ms.
+ */
+export interface Stalls { loopDelayP99Ms: number, loopDelayMaxMs: number, gcPauseMaxMs: number, gcPauseTotalMs: number }
 
 /** What the baseline's metrics subscriber has had: messages, and when the last one came (Date.now(), null before any). */
 export interface Received { messages: number, lastAtMs: number | null }
@@ -109,8 +115,8 @@ export async function forkBroker (spec: BrokerSpec): Promise<BrokerProcess> {
     httpUrl,
     apiToken,
     sample: async (moment) => {
-      const { cpuMicros, rssBytes, peakRssBytes, heapBytes } = await expect('sample', { type: 'sample', moment })
-      return { cpuMicros, rssBytes, peakRssBytes, heapBytes }
+      const { cpuMicros, rssBytes, peakRssBytes, heapBytes, stalls } = await expect('sample', { type: 'sample', moment })
+      return { cpuMicros, rssBytes, peakRssBytes, heapBytes, stalls }
     },
     sessions: async (count) => { await expect('sessions', { type: 'sessions', count }) },
     received: async () => {

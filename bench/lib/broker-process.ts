@@ -3,6 +3,7 @@
 // device metrics its one subscriber receives), and answers the driver's requests for its own CPU
 // time, RSS and V8 heap size (see broker-handle.ts for the protocol).
 import { openSync, readSync } from 'node:fs'
+import { constants, monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks'
 import { getHeapStatistics } from 'node:v8'
 import { startBaseline, startShepherd, type BenchBroker } from './brokers.js'
 import type { BrokerSpec, Reply, Request } from './broker-handle.js'
@@ -60,14 +61,36 @@ async function settle (): Promise<void> {
   collectGarbage()
 }
 
+// What stalls the broker's event loop during the measured phase, to tell a latency tail's cause:
+// the loop's delay (10 ms resolution) and garbage collection's pauses (not settle()'s forced ones,
+// whose entries arrive after it returns).
+const loopDelay = monitorEventLoopDelay({ resolution: 10 })
+loopDelay.enable()
+const gc = { maxMs: 0, totalMs: 0 }
+new PerformanceObserver((list) => {
+  for (const entry of list.getEntries()) {
+    if ((((entry as { detail?: { flags?: number } }).detail?.flags ?? 0) & constants.NODE_PERFORMANCE_GC_FLAGS_FORCED) !== 0) continue
+    gc.totalMs += entry.duration
+    gc.maxMs = Math.max(gc.maxMs, entry.duration)
+  }
+}).observe({ entryTypes: ['gc'] })
+
 async function sample (moment: 'before' | 'after'): Promise<Reply> {
   if (moment === 'before') {
     online = 0
     await settle()
+    loopDelay.reset()
+    gc.maxMs = gc.totalMs = 0
   }
   const { user, system } = process.cpuUsage()
+  const stalls = {
+    loopDelayP99Ms: loopDelay.percentile(99) / 1e6,
+    loopDelayMaxMs: loopDelay.max / 1e6,
+    gcPauseMaxMs: gc.maxMs,
+    gcPauseTotalMs: gc.totalMs
+  }
   if (moment === 'after') await settle()
-  return { type: 'sample', cpuMicros: user + system, ...residentSetSize(), heapBytes: getHeapStatistics().total_heap_size }
+  return { type: 'sample', cpuMicros: user + system, ...residentSetSize(), heapBytes: getHeapStatistics().total_heap_size, stalls }
 }
 
 // process.memoryUsage() opens /proc/self/stat on each call, which fails (EMFILE) once the devices

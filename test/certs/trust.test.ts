@@ -31,4 +31,3 @@ t.test('signatures verify with each certificate\'s own key after its parsed key 
   const again = trust.checkCertificate(devices[0]!.certDer, [])
   t.equal(again, trust.checkCertificate(devices[0]!.certDer, []), 'the verdict itself stays cached')
 })
-
